@@ -1,0 +1,1 @@
+"""batcher: mass-delink loyalty customers from Capillary partner programs."""

@@ -1,0 +1,402 @@
+"""The job file: load a TOML job, check every key, and freeze it into one settings object."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from batcher.errors import JobError
+
+Identifier = Literal["mobile", "email", "externalId", "id"]
+IDENTIFIERS: tuple[Identifier, ...] = ("mobile", "email", "externalId", "id")
+SIMULATOR = "simulator"
+
+# A job name becomes a folder under the output dir: keep it to one safe path segment.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*$", re.IGNORECASE)
+# Keys that look like they hold a secret are refused by name, with a pointer to the environment.
+_SECRET_KEY_RE = re.compile(r"pass(word)?|secret|token|api_?key|client_?key|md5|credential", re.I)
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A hard request quota: `requests` per `period_s` seconds."""
+
+    requests: float
+    period_s: float
+
+    @property
+    def rate_per_s(self) -> float:
+        return self.requests / self.period_s
+
+    def __str__(self) -> str:
+        unit = "second" if self.period_s == 1 else "minute"
+        return f"{self.requests:g}/{unit}"
+
+
+@dataclass(frozen=True, slots=True)
+class InputSettings:
+    path: str
+    identifier: Identifier
+    identifier_column: str
+    program_column: str
+    separator: str
+    encoding: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    base_url: str
+    auth: Literal["basic", "oauth"]
+    quota: Quota
+    max_in_flight: int
+    customers_per_request: int
+    programs_per_customer: int
+    timeout_s: float
+    connect_timeout_s: float
+    throttle_statuses: tuple[int, ...]
+    token_refresh_margin_s: float
+
+    @property
+    def is_simulator(self) -> bool:
+        return self.base_url == SIMULATOR
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    max_attempts: int
+    backoff_base_s: float
+    backoff_max_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """Everything a run needs to know, resolved: paths are absolute."""
+
+    name: str
+    path: Path
+    input: InputSettings
+    api: ApiSettings
+    retry: RetrySettings
+    output_dir: Path
+    simulator_profile: Path | None
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def input_pattern(self) -> Path:
+        """The input path or glob, absolute (relative paths are relative to the job file)."""
+        p = Path(self.input.path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    def with_overrides(
+        self,
+        *,
+        input_path: str | None = None,
+        base_url: str | None = None,
+        output_dir: str | None = None,
+    ) -> Job:
+        """Apply command-line overrides; CLI paths are relative to the working directory."""
+        job = self
+        if input_path is not None:
+            job = replace(job, input=replace(job.input, path=str(Path(input_path).resolve())))
+        if base_url is not None:
+            _check_base_url(self.path, base_url)
+            job = replace(job, api=replace(job.api, base_url=base_url.rstrip("/")))
+        if output_dir is not None:
+            job = replace(job, output_dir=Path(output_dir).resolve())
+        return job
+
+    def settings_for_display(self) -> dict[str, Any]:
+        """The job's settings as plain values (there are no secrets in a job)."""
+        return {
+            "name": self.name,
+            "job_file": str(self.path),
+            "input": {
+                "path": self.input.path,
+                "identifier": self.input.identifier,
+                "identifier_column": self.input.identifier_column,
+                "program_column": self.input.program_column,
+                "separator": self.input.separator,
+                "encoding": self.input.encoding,
+            },
+            "api": {
+                "base_url": self.api.base_url,
+                "auth": self.api.auth,
+                "rate": str(self.api.quota),
+                "max_in_flight": self.api.max_in_flight,
+                "customers_per_request": self.api.customers_per_request,
+                "programs_per_customer": self.api.programs_per_customer,
+                "timeout_seconds": self.api.timeout_s,
+                "connect_timeout_seconds": self.api.connect_timeout_s,
+                "throttle_statuses": list(self.api.throttle_statuses),
+            },
+            "retry": {
+                "max_attempts": self.retry.max_attempts,
+                "backoff_base_seconds": self.retry.backoff_base_s,
+                "backoff_max_seconds": self.retry.backoff_max_s,
+            },
+            "output": {"dir": str(self.output_dir)},
+            "simulator": {"profile": str(self.simulator_profile) if self.simulator_profile else None},
+        }
+
+
+# --- checking ---------------------------------------------------------------------------------
+
+Check = Callable[[Any], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    kind: type | tuple[type, ...]
+    allowed: str
+    check: Check | None = None
+    required: bool = False
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _positive_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+
+
+_SCHEMA: dict[str, dict[str, _Key]] = {
+    "": {
+        "name": _Key(
+            str,
+            "a name of letters, digits, '.', '_' or '-' (at most 100, starting with a letter or "
+            "digit); it becomes a folder under the output dir",
+            lambda v: bool(_NAME_RE.match(v)) and ".." not in v,
+            required=True,
+        ),
+    },
+    "input": {
+        "path": _Key(str, "a CSV or Parquet file, or a glob of them", bool, required=True),
+        "identifier": _Key(str, "one of mobile, email, externalId, id", IDENTIFIERS.__contains__),
+        "identifier_column": _Key(str, "a column name", bool),
+        "program_column": _Key(str, "a column name", bool),
+        "separator": _Key(str, "a single character such as ',' or ';'", lambda v: len(v) == 1),
+        "encoding": _Key(
+            str,
+            "utf8 (default), utf8-lossy, or a Python codec name such as cp1252 or latin-1",
+            bool,
+        ),
+    },
+    "api": {
+        "base_url": _Key(
+            str,
+            'an https:// URL such as "https://eu.api.capillarytech.com", or "simulator"',
+            required=True,
+        ),
+        "auth": _Key(str, "basic or oauth", ("basic", "oauth").__contains__),
+        "rate": _Key(str, 'a quota such as "1000/minute" or "20/second"'),
+        "max_in_flight": _Key(int, "an integer from 1 to 256", lambda v: _positive_int(v) and v <= 256),
+        "customers_per_request": _Key(int, "a positive integer", _positive_int),
+        "programs_per_customer": _Key(int, "a positive integer", _positive_int),
+        "timeout_seconds": _Key((int, float), "a positive number of seconds", _positive_number),
+        "connect_timeout_seconds": _Key(
+            (int, float), "a positive number of seconds", _positive_number
+        ),
+        "throttle_statuses": _Key(
+            list,
+            "a list of HTTP statuses (integers 400-599), such as [429]",
+            lambda v: all(isinstance(s, int) and 400 <= s <= 599 for s in v),
+        ),
+        "token_refresh_margin_seconds": _Key(
+            (int, float), "a non-negative number of seconds", lambda v: v >= 0
+        ),
+    },
+    "retry": {
+        "max_attempts": _Key(int, "an integer from 1 to 100", lambda v: _positive_int(v) and v <= 100),
+        "backoff_base_seconds": _Key((int, float), "a positive number of seconds", _positive_number),
+        "backoff_max_seconds": _Key((int, float), "a positive number of seconds", _positive_number),
+    },
+    "output": {
+        "dir": _Key(str, "a folder path (relative to the working directory)", bool),
+    },
+    "simulator": {
+        "profile": _Key(str, "a simulator profile TOML file, relative to the job file", bool),
+    },
+}
+
+
+def _fail(path: Path, key: str, problem: str, allowed: str | None = None) -> JobError:
+    text = f"Job file {path}: {problem}"
+    if key:
+        text = f"Job file {path}: key '{key}' {problem}"
+    return JobError(text + (f"; allowed: {allowed}." if allowed else "."))
+
+
+def _check_section(path: Path, section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    schema = _SCHEMA[section]
+    prefix = f"{section}." if section else ""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        full = prefix + key
+        if key not in schema:
+            if _SECRET_KEY_RE.search(key):
+                raise JobError(
+                    f"Job file {path}: key '{full}' looks like a secret, and secrets never go in "
+                    "a job file.",
+                    hint="Set them in the environment instead: CAPILLARY_USERNAME and "
+                    "CAPILLARY_PASSWORD (or CAPILLARY_PASSWORD_MD5) for auth = \"basic\", "
+                    "CAPILLARY_CLIENT_KEY and CAPILLARY_CLIENT_SECRET for auth = \"oauth\".",
+                )
+            raise _fail(path, full, "is not a known key", ", ".join(sorted(prefix + k for k in schema)))
+        spec = schema[key]
+        kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise _fail(path, full, f"has the wrong type ({type(value).__name__})", spec.allowed)
+        if spec.check is not None and not spec.check(value):
+            raise _fail(path, full, f"has a bad value {value!r}", spec.allowed)
+        out[key] = value
+    for key, spec in schema.items():
+        if spec.required and key not in out:
+            raise _fail(path, prefix + key, "is missing", spec.allowed)
+    return out
+
+
+def parse_quota(text: str) -> Quota:
+    """Parse "1000/minute" or "20/second" (also /s, /sec, /m, /min)."""
+    m = _RATE_RE.match(text)
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(text)
+    period_s = 1.0 if m.group(2).lower().startswith("s") else 60.0
+    return Quota(float(m.group(1)), period_s)
+
+
+def _is_loopback(host: str | None) -> bool:
+    return host is not None and (
+        host in ("localhost", "::1", "[::1]") or host.startswith("127.")
+    )
+
+
+def _check_base_url(path: Path, url: str) -> None:
+    from urllib.parse import urlsplit
+
+    if url == SIMULATOR:
+        return
+    parts = urlsplit(url)
+    allowed = 'an https:// URL such as "https://eu.api.capillarytech.com", or "simulator"'
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _fail(path, "api.base_url", f"has a bad value {url!r}", allowed)
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise _fail(
+            path,
+            "api.base_url",
+            f"is plain http to a non-loopback host ({parts.hostname}): credentials and customer "
+            "data would cross the network unencrypted",
+            "https:// for any remote host; http:// only for 127.0.0.1, ::1 or localhost",
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise _fail(
+            path,
+            "api.base_url",
+            f"must be the host only, without a path ({url!r}); batcher adds "
+            "/v2/partnerProgram/deLinkCustomer itself",
+            allowed,
+        )
+
+
+def load_job(path: str | Path) -> Job:
+    """Read and check a job file; every problem is a JobError naming the file and the key."""
+    job_path = Path(path).expanduser().resolve()
+    if not job_path.is_file():
+        raise JobError(
+            f"Job file {job_path} does not exist or is not a file.",
+            hint="Pass the path of a job TOML file, such as jobs/demo.toml.",
+        )
+    try:
+        raw = tomllib.loads(job_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise JobError(f"Job file {job_path} cannot be read: {e}.") from e
+    except tomllib.TOMLDecodeError as e:
+        raise JobError(f"Job file {job_path} is not valid TOML: {e}.") from e
+
+    sections: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _SCHEMA and key != "":
+            if not isinstance(value, dict):
+                raise _fail(job_path, key, "must be a table ([" + key + "])", None)
+            sections[key] = value
+        else:
+            top[key] = value
+    top_checked = _check_section(job_path, "", top)
+    if "input" not in sections:
+        raise _fail(job_path, "", "has no [input] table", "[input] with at least path")
+    if "api" not in sections:
+        raise _fail(job_path, "", "has no [api] table", "[api] with at least base_url")
+    inp = _check_section(job_path, "input", sections["input"])
+    api = _check_section(job_path, "api", sections["api"])
+    retry = _check_section(job_path, "retry", sections.get("retry", {}))
+    output = _check_section(job_path, "output", sections.get("output", {}))
+    sim = _check_section(job_path, "simulator", sections.get("simulator", {}))
+
+    base_url = api["base_url"].rstrip("/") if api["base_url"] != SIMULATOR else SIMULATOR
+    _check_base_url(job_path, base_url)
+    rate_text = api.get("rate", "1000/minute")
+    try:
+        quota = parse_quota(rate_text)
+    except ValueError:
+        raise _fail(
+            job_path, "api.rate", f"has a bad value {rate_text!r}", _SCHEMA["api"]["rate"].allowed
+        ) from None
+    backoff_base = float(retry.get("backoff_base_seconds", 0.5))
+    backoff_max = float(retry.get("backoff_max_seconds", 30.0))
+    if backoff_max < backoff_base:
+        raise _fail(
+            job_path,
+            "retry.backoff_max_seconds",
+            f"({backoff_max:g}) is below retry.backoff_base_seconds ({backoff_base:g})",
+            "a value at least the base",
+        )
+
+    identifier: Identifier = inp.get("identifier", "mobile")
+    profile: Path | None = None
+    if "profile" in sim:
+        profile = (job_path.parent / sim["profile"]).resolve()
+        if not profile.is_file():
+            raise _fail(
+                job_path, "simulator.profile", f"names a file that does not exist ({profile})",
+                "a simulator profile TOML file, relative to the job file",
+            )
+
+    return Job(
+        name=top_checked["name"],
+        path=job_path,
+        input=InputSettings(
+            path=inp["path"],
+            identifier=identifier,
+            identifier_column=inp.get("identifier_column", identifier),
+            program_column=inp.get("program_column", "partner_program_name"),
+            separator=inp.get("separator", ","),
+            encoding=inp.get("encoding", "utf8"),
+        ),
+        api=ApiSettings(
+            base_url=base_url,
+            auth=api.get("auth", "basic"),
+            quota=quota,
+            max_in_flight=api.get("max_in_flight", 8),
+            customers_per_request=api.get("customers_per_request", 50),
+            programs_per_customer=api.get("programs_per_customer", 50),
+            timeout_s=float(api.get("timeout_seconds", 30)),
+            connect_timeout_s=float(api.get("connect_timeout_seconds", 10)),
+            throttle_statuses=tuple(api.get("throttle_statuses", [429])),
+            token_refresh_margin_s=float(api.get("token_refresh_margin_seconds", 30)),
+        ),
+        retry=RetrySettings(
+            max_attempts=retry.get("max_attempts", 6),
+            backoff_base_s=backoff_base,
+            backoff_max_s=backoff_max,
+        ),
+        output_dir=Path(output.get("dir", "output")).expanduser().resolve(),
+        simulator_profile=profile,
+    )
