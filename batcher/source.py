@@ -1,0 +1,529 @@
+"""The input: read CSV/Parquet lazily with polars, then normalise and validate every row.
+
+Every input row survives into `Source.rows` with a status (valid, rejected, duplicate), so that
+valid + rejected + duplicate == rows read, always. Validation is vectorised polars expressions:
+no Python runs per row.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob as globlib
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from batcher.errors import InputError
+from batcher.job import Identifier, Job
+
+Format = Literal["csv", "parquet"]
+
+# Columns batcher itself writes into its result files. An input column with one of these names
+# would be overwritten, so it is renamed to input_<name> (or dropped, for a fed-back failures
+# file). The underscore names are internal to `Source.rows`.
+OUTPUT_COLUMNS = (
+    "row", "source_file", "status", "reason", "message", "duplicate_of", "code",
+    "customer_id", "request_id", "attempts", "finished_at", "note",
+)
+INTERNAL_COLUMNS = ("_key", "_customer", "_program")
+# A batcher failures file ends with these; fed back as input, they describe the old run.
+FAILURES_TAIL = ("status", "code", "message")
+
+REASONS = (
+    "missing_identifier",
+    "invalid_mobile",
+    "mobile_in_scientific_notation",
+    "invalid_email",
+    "invalid_external_id",
+    "invalid_id",
+    "missing_program",
+    "program_too_long",
+)
+
+MOBILE_DIGITS_MIN, MOBILE_DIGITS_MAX = 8, 15
+EXTERNAL_ID_MAX_CHARS = 150
+PROGRAM_MAX_CHARS = 100
+ID_MAX_DIGITS = 18  # fits a signed 64-bit integer with room to spare
+
+_CSV_SUFFIXES = {".csv", ".txt", ".tsv"}
+_PARQUET_SUFFIXES = {".parquet", ".pq", ".parq"}
+_POLARS_ENCODINGS = {"utf8": "utf8", "utf-8": "utf8", "utf8-lossy": "utf8-lossy"}
+_HASH_CHUNK = 1 << 20
+
+# [0-9], never \d: the regex engine's \d also matches Arabic-Indic or full-width digits.
+_SCIENTIFIC_RE = r"^[+-]?[0-9]+([.,][0-9]*)?[eE][+-]?[0-9]+$"
+_MOBILE_NOISE_RE = r"[\s()\-\u2010-\u2015]"
+_MOBILE_RE = rf"^[0-9]{{{MOBILE_DIGITS_MIN},{MOBILE_DIGITS_MAX}}}$"
+# One @, a dot inside the domain (not first, not last, no empty labels), no whitespace.
+_EMAIL_RE = r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$"
+_ID_RE = rf"^0*[1-9][0-9]{{0,{ID_MAX_DIGITS - 1}}}$"
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    path: Path
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Every input row, validated, in input order.
+
+    `rows` columns: _key (Int64, 0..N-1 global order), row (Int64, 1-based per file), source_file,
+    the original columns, _customer, _program (normalised; null when rejected), status
+    ("valid" | "rejected" | "duplicate"), reason, message, duplicate_of (Int64 row number).
+    """
+
+    files: list[InputFile]
+    format: Format
+    columns: list[str]
+    rows: pl.DataFrame
+    identifier: Identifier
+    identifier_column: str
+    program_column: str
+    is_glob: bool
+    notes: list[str]
+
+    @property
+    def row_count(self) -> int:
+        return self.rows.height
+
+    def counts(self) -> dict[str, int]:
+        """Rows per status; always has the three keys, and they add up to the rows read."""
+        got = dict(self.rows.group_by("status").len().iter_rows())
+        return {s: int(got.get(s, 0)) for s in ("valid", "rejected", "duplicate")}
+
+    def reason_counts(self) -> dict[str, int]:
+        frame = self.rows.filter(pl.col("reason").is_not_null()).group_by("reason").len()
+        got = dict(frame.iter_rows())
+        return {r: int(got[r]) for r in REASONS if r in got}
+
+    def pairs(self) -> pl.DataFrame:
+        """The valid rows as the planner wants them: _key, _customer, _program."""
+        return self.rows.filter(pl.col("status") == "valid").select(
+            "_key", "_customer", "_program"
+        )
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def _resolve_files(job: Job) -> tuple[list[Path], bool]:
+    pattern = job.input_pattern()
+    text = str(pattern)
+    if _is_glob(text):
+        matches = sorted(Path(p) for p in globlib.glob(text, recursive=True))
+        files = [p for p in matches if p.is_file()]
+        if not files:
+            raise InputError(
+                f"Input glob {text} matches no file.",
+                hint="Check input.path in the job file (relative to the job file) or --input.",
+            )
+        return files, True
+    if not pattern.exists():
+        raise InputError(
+            f"Input file {text} does not exist.",
+            hint="Check input.path in the job file (relative to the job file) or --input.",
+        )
+    if not pattern.is_file():
+        raise InputError(
+            f"Input path {text} is a directory, not a file.",
+            hint='To read every file in it, use a glob such as "data/*.csv".',
+        )
+    return [pattern], False
+
+
+def _describe(path: Path) -> InputFile:
+    """Size, mtime and a streamed sha256 of the content (also proves the file is readable)."""
+    digest = hashlib.sha256()
+    try:
+        st = path.stat()
+        with open(path, "rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                digest.update(chunk)
+    except OSError as e:
+        raise InputError(f"Input file {path} cannot be read: {e.strerror or e}.") from e
+    return InputFile(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=digest.hexdigest())
+
+
+def _format_of(path: Path) -> Format:
+    suffix = path.suffix.lower()
+    if suffix in _PARQUET_SUFFIXES:
+        return "parquet"
+    if suffix in _CSV_SUFFIXES:
+        return "csv"
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    return "parquet" if magic == b"PAR1" else "csv"
+
+
+def _display_name(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def _first_bad_utf8(path: Path) -> tuple[int, int, int] | None:
+    """(line, byte offset, byte value) of the first byte that is not valid UTF-8, or None."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    consumed = 0
+    lines_before = 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(_HASH_CHUNK)
+            pending = decoder.getstate()[0]
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                data = pending + chunk
+                offset = consumed - len(pending) + e.start
+                line = lines_before + data[: e.start].count(b"\n") + 1
+                return line, offset, data[e.start]
+            if not chunk:
+                return None
+            consumed += len(chunk)
+            lines_before += chunk.count(b"\n")
+
+
+def _not_utf8_error(path: Path, encoding: str) -> InputError:
+    where = _first_bad_utf8(path)
+    detail = ""
+    if where is not None:
+        line, offset, byte = where
+        row = f"row {line - 1}" if line > 1 else "the header"
+        detail = f": the first bad byte (0x{byte:02x}) is on line {line} ({row}), byte {offset}"
+    return InputError(
+        f"Input file {path} is not valid {encoding}{detail}.",
+        hint='Set input.encoding in the job file to the file\'s encoding, such as "cp1252" or '
+        '"latin-1" (or "utf8-lossy" to replace bad bytes with \ufffd).',
+    )
+
+
+def _decode_other(path: Path, encoding: str) -> bytes:
+    """Decode a non-UTF-8 file in Python and hand polars UTF-8 bytes (polars reads only UTF-8)."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise InputError(
+            f"input.encoding {encoding!r} is not a known text encoding.",
+            hint='Use utf8 (the default), utf8-lossy, or a Python codec name such as "cp1252".',
+        ) from None
+    raw = path.read_bytes()
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise InputError(
+            f"Input file {path} is not valid {encoding}: byte 0x{raw[e.start]:02x} on line "
+            f"{line} (byte {e.start}) cannot be decoded.",
+            hint="Set input.encoding in the job file to the file's real encoding.",
+        ) from e
+    return text.lstrip("\ufeff").encode("utf-8")
+
+
+def _scan_csv(path: Path, separator: str, encoding: str) -> pl.LazyFrame:
+    polars_encoding = _POLARS_ENCODINGS.get(encoding.lower())
+    source: Path | bytes = path
+    if polars_encoding is None:
+        source = _decode_other(path, encoding)
+        polars_encoding = "utf8"
+    return pl.scan_csv(
+        source,
+        infer_schema=False,  # every column as text: a mobile never passes through a number
+        separator=separator,
+        encoding="utf8" if polars_encoding == "utf8" else "utf8-lossy",
+        raise_if_empty=False,
+        glob=False,
+    )
+
+
+def _columns_after_rules(names: list[str], notes: list[str], label: str) -> dict[str, str | None]:
+    """Map each input column to its name in `rows` (None: dropped)."""
+    mapping: dict[str, str | None] = {n: n for n in names}
+    if len(names) > len(FAILURES_TAIL) and tuple(names[-3:]) == FAILURES_TAIL:
+        for n in FAILURES_TAIL:
+            mapping[n] = None
+        notes.append(
+            f"{label}: its last columns are status, code, message (a batcher failures file fed "
+            "back): those three columns were dropped"
+        )
+    taken = set(names)
+    for n in names:
+        if mapping[n] is not None and (n in OUTPUT_COLUMNS or n in INTERNAL_COLUMNS):
+            new = f"input_{n}"
+            while new in taken:
+                new = f"input_{new}"
+            taken.add(new)
+            mapping[n] = new
+            notes.append(f"{label}: input column {n!r} renamed to {new!r} (batcher writes {n!r})")
+    return mapping
+
+
+def _read_file(
+    path: Path,
+    fmt: Format,
+    job: Job,
+    label: str,
+    notes: list[str],
+) -> tuple[pl.DataFrame, str, str]:
+    """One file's rows: `row` (1-based), `source_file`, then its columns after the rename rule."""
+    inp = job.input
+    try:
+        if fmt == "csv":
+            lf = _scan_csv(path, inp.separator, inp.encoding)
+        else:
+            lf = pl.scan_parquet(path, glob=False)
+        names = lf.collect_schema().names()
+    except InputError:
+        raise
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise _unreadable(path, fmt, e) from e
+
+    if not names:  # an empty file: zero rows, nothing to complain about
+        empty = pl.DataFrame(
+            schema={"row": pl.Int64, "source_file": pl.String,
+                    inp.identifier_column: pl.String, inp.program_column: pl.String}
+        )
+        return empty, inp.identifier_column, inp.program_column
+
+    mapping = _columns_after_rules(names, notes, label)
+    kept = {old: new for old, new in mapping.items() if new is not None}
+    id_col = kept.get(inp.identifier_column)
+    prog_col = kept.get(inp.program_column)
+    for wanted, got, key in (
+        (inp.identifier_column, id_col, "input.identifier_column"),
+        (inp.program_column, prog_col, "input.program_column"),
+    ):
+        if got is None:
+            listed = ", ".join(repr(n) for n in names)
+            raise InputError(
+                f"Input file {path} has no column {wanted!r} ({key}); its columns are: {listed}.",
+                hint=f"Set {key} in the job file to the right column name"
+                + (" or input.separator to the file's delimiter." if len(names) == 1 else "."),
+            )
+    # The renamed names of the identifier/program columns are what validation reads.
+    lf = lf.select([pl.col(old).alias(new) for old, new in kept.items()])
+    if fmt == "parquet":
+        # Parquet keeps types: identifiers and programs become text (an integer mobile casts
+        # exactly; a float one shows its float text and is rejected, never silently rounded).
+        lf = lf.with_columns(pl.col(c).cast(pl.String) for c in {id_col, prog_col} if c)
+    lf = lf.with_row_index("row", offset=1).select(
+        pl.col("row").cast(pl.Int64),
+        pl.lit(label, dtype=pl.String).alias("source_file"),
+        pl.exclude("row"),
+    )
+    try:
+        frame = lf.collect()
+    except pl.exceptions.PolarsError as e:
+        if fmt == "csv" and "utf-8" in str(e).lower():
+            raise _not_utf8_error(path, inp.encoding) from e
+        raise _unreadable(path, fmt, e) from e
+    except OSError as e:
+        raise _unreadable(path, fmt, e) from e
+    return frame, id_col or inp.identifier_column, prog_col or inp.program_column
+
+
+def _unreadable(path: Path, fmt: Format, e: BaseException) -> InputError:
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    hint = (
+        "Check it is a complete Parquet file (a truncated copy cannot be read)."
+        if fmt == "parquet"
+        else "Check input.separator and input.encoding in the job file, and that every line has "
+        "the header's number of fields."
+    )
+    return InputError(f"Input file {path} cannot be read as {fmt}: {first_line}", hint=hint)
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def _text(column: str) -> pl.Expr:
+    """Trimmed, without the leading apostrophe spreadsheets (and our CSV writer) use as a marker."""
+    return pl.col(column).str.strip_chars().str.strip_prefix("'").str.strip_chars()
+
+
+def _customer_rules(identifier: Identifier, column: str) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+    """(value to send, reason code or null, message or null) for the identifier column."""
+    text = _text(column)
+    missing = text.is_null() | (text == "")
+    reason: pl.Expr
+    message: pl.Expr
+    if identifier == "mobile":
+        digits = text.str.replace_all(_MOBILE_NOISE_RE, "").str.strip_prefix("+")
+        scientific = text.str.contains(_SCIENTIFIC_RE)
+        ok = digits.str.contains(_MOBILE_RE)
+        value = digits
+        reason = (
+            pl.when(missing).then(pl.lit("missing_identifier"))
+            .when(scientific).then(pl.lit("mobile_in_scientific_notation"))
+            .when(~ok).then(pl.lit("invalid_mobile"))
+        )
+        message = (
+            pl.when(missing).then(pl.lit(f"the {column} column is empty"))
+            .when(scientific).then(pl.lit(
+                "mobile is in scientific notation (a spreadsheet turned it into a number and "
+                "lost digits); re-export the column as text"
+            ))
+            .when(~ok).then(pl.lit(
+                f"mobile is not {MOBILE_DIGITS_MIN} to {MOBILE_DIGITS_MAX} digits with the country "
+                "code (after removing spaces, dashes, parentheses and a leading +)"
+            ))
+        )
+    elif identifier == "email":
+        ok = text.str.contains(_EMAIL_RE)
+        value = text
+        reason = (
+            pl.when(missing).then(pl.lit("missing_identifier"))
+            .when(~ok).then(pl.lit("invalid_email"))
+        )
+        message = (
+            pl.when(missing).then(pl.lit(f"the {column} column is empty"))
+            .when(~ok).then(pl.lit("email needs exactly one @, a dot in the domain, no spaces"))
+        )
+    elif identifier == "externalId":
+        ok = text.str.len_chars() <= EXTERNAL_ID_MAX_CHARS
+        value = text
+        reason = (
+            pl.when(missing).then(pl.lit("missing_identifier"))
+            .when(~ok).then(pl.lit("invalid_external_id"))
+        )
+        message = (
+            pl.when(missing).then(pl.lit(f"the {column} column is empty"))
+            .when(~ok).then(pl.lit(f"externalId is longer than {EXTERNAL_ID_MAX_CHARS} characters"))
+        )
+    else:  # id
+        ok = text.str.contains(_ID_RE)
+        value = text.str.strip_chars_start("0")
+        reason = (
+            pl.when(missing).then(pl.lit("missing_identifier"))
+            .when(~ok).then(pl.lit("invalid_id"))
+        )
+        message = (
+            pl.when(missing).then(pl.lit(f"the {column} column is empty"))
+            .when(~ok)
+            .then(pl.lit(f"id is not a positive integer (at most {ID_MAX_DIGITS} digits)"))
+        )
+    return value, reason, message
+
+
+def _program_rules(column: str) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+    text = _text(column)
+    missing = text.is_null() | (text == "")
+    too_long = text.str.len_chars() > PROGRAM_MAX_CHARS
+    reason = (
+        pl.when(missing).then(pl.lit("missing_program"))
+        .when(too_long).then(pl.lit("program_too_long"))
+    )
+    message = (
+        pl.when(missing).then(pl.lit(f"the {column} column is empty"))
+        .when(too_long).then(pl.lit(f"program name is longer than {PROGRAM_MAX_CHARS} characters"))
+    )
+    return text, reason, message
+
+
+def validate_rows(
+    frame: pl.DataFrame, identifier: Identifier, id_column: str, program_column: str
+) -> pl.DataFrame:
+    """Add _customer, _program, status, reason, message, duplicate_of (vectorised)."""
+    value, id_reason, id_message = _customer_rules(identifier, id_column)
+    program, prog_reason, prog_message = _program_rules(program_column)
+    lf = frame.lazy().with_columns(
+        _value=value,
+        _program=program,
+        reason=pl.coalesce(id_reason, prog_reason),
+        message=pl.coalesce(id_message, prog_message),
+    )
+    valid = pl.col("reason").is_null()
+    # The dedupe key of a customer: emails compare case-insensitively.
+    key = pl.col("_value").str.to_lowercase() if identifier == "email" else pl.col("_value")
+    lf = lf.with_columns(
+        _ckey=pl.when(valid).then(key),
+        _program=pl.when(valid).then(pl.col("_program")),
+    )
+    # One customer, one spelling on the wire: for emails, the first occurrence's trimmed value.
+    customer = (
+        pl.col("_value").first().over("_ckey") if identifier == "email" else pl.col("_value")
+    )
+    first = pl.col("_key").min().over("_ckey", "_program")
+    lf = lf.with_columns(
+        _customer=pl.when(valid).then(customer),
+        _first=pl.when(valid).then(first),
+    )
+    duplicate = valid & (pl.col("_first") != pl.col("_key"))
+    first_row = pl.col("row").gather(pl.col("_first"))
+    first_file = pl.col("source_file").gather(pl.col("_first"))
+    lf = lf.with_columns(
+        status=pl.when(duplicate).then(pl.lit("duplicate"))
+        .when(valid).then(pl.lit("valid"))
+        .otherwise(pl.lit("rejected")),
+        duplicate_of=pl.when(duplicate).then(first_row),
+        message=pl.when(duplicate & (first_file != pl.col("source_file"))).then(
+            pl.format("same customer and program as row {} of {}", first_row, first_file)
+        ).when(duplicate).then(
+            pl.format("same customer and program as row {}", first_row)
+        ).otherwise(pl.col("message")),
+    )
+    originals = [c for c in frame.columns if c not in ("_key", "row", "source_file")]
+    return lf.select(
+        "_key", "row", "source_file", *originals,
+        "_customer", "_program", "status", "reason", "message", "duplicate_of",
+    ).collect()
+
+
+def load_source(job: Job) -> Source:
+    """Read the job's input (file or glob) and validate every row; InputError if unusable."""
+    paths, is_glob = _resolve_files(job)
+    files = [_describe(p) for p in paths]
+    formats = {p: _format_of(p) for p in paths}
+    kinds = set(formats.values())
+    if len(kinds) > 1:
+        listing = ", ".join(f"{p.name} ({f})" for p, f in formats.items())
+        raise InputError(
+            f"Input {job.input_pattern()} mixes CSV and Parquet files: {listing}.",
+            hint="Point input.path at one format only.",
+        )
+    fmt: Format = kinds.pop()
+    notes: list[str] = []
+    frames: list[pl.DataFrame] = []
+    columns: list[str] = []
+    id_col, prog_col = job.input.identifier_column, job.input.program_column
+    for path in paths:
+        label = _display_name(path, job.base_dir)
+        frame, id_col, prog_col = _read_file(path, fmt, job, label, notes)
+        frames.append(frame)
+        columns += [c for c in frame.columns[2:] if c not in columns]
+    try:
+        combined = (
+            frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+        )
+    except pl.exceptions.PolarsError as e:
+        raise InputError(
+            f"The files of {job.input_pattern()} cannot be combined: {e}.",
+            hint="Each file's columns must have compatible types.",
+        ) from e
+    combined = combined.with_row_index("_key").with_columns(pl.col("_key").cast(pl.Int64))
+    rows = validate_rows(combined, job.input.identifier, id_col, prog_col)
+    return Source(
+        files=files,
+        format=fmt,
+        columns=columns,
+        rows=rows,
+        identifier=job.input.identifier,
+        identifier_column=id_col,
+        program_column=prog_col,
+        is_glob=is_glob,
+        notes=notes,
+    )
