@@ -1,0 +1,137 @@
+"""Planning: group valid pairs per customer and pack them into requests, streamed.
+
+Invariant: a request never names the same customer twice. A customer with more programs than
+`programs_per_customer` is split into chunks; chunk k of every customer goes in round k, and
+requests are numbered round by round, so two chunks of one customer never share a request.
+Within a round customers keep the order of their first appearance, and programs keep input
+order: the same pairs always give the same requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import polars as pl
+
+from batcher.contract import Entry, build_body
+
+# Rows turned into Python objects at a time while streaming requests.
+_SLICE_ROWS = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRequest:
+    """One request: its entries and, aligned with each entry's programs, the rows' `_key`s."""
+
+    index: int
+    entries: tuple[Entry, ...]
+    keys: tuple[tuple[int, ...], ...]
+    identifier: str = "mobile"
+
+    def body(self, identifier: str | None = None) -> dict[str, object]:
+        """The request body exactly as sent."""
+        return build_body(identifier or self.identifier, self.entries)
+
+    @property
+    def pair_count(self) -> int:
+        return sum(len(k) for k in self.keys)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """`pairs` is sorted in send order: _request, then customer, then input order.
+
+    Columns: _key, _customer, _program, _request (Int64, 0-based).
+    """
+
+    pairs: pl.DataFrame
+    customers: int
+    requests: int
+    customers_per_request: int
+    programs_per_customer: int
+
+    def iter_requests(self, identifier: str) -> Iterator[PlannedRequest]:
+        """Build requests lazily from the sorted frame, a slice at a time."""
+        index = -1
+        entries: list[Entry] = []
+        keys: list[tuple[int, ...]] = []
+        customer: str | None = None
+        programs: list[str] = []
+        entry_keys: list[int] = []
+        for start in range(0, self.pairs.height, _SLICE_ROWS):
+            part = self.pairs.slice(start, _SLICE_ROWS)
+            for request, cust, program, key in zip(
+                part.get_column("_request").to_list(),
+                part.get_column("_customer").to_list(),
+                part.get_column("_program").to_list(),
+                part.get_column("_key").to_list(),
+                strict=True,
+            ):
+                if request != index or cust != customer:
+                    if customer is not None:
+                        entries.append(Entry(customer, tuple(programs)))
+                        keys.append(tuple(entry_keys))
+                    programs, entry_keys, customer = [], [], cust
+                if request != index:
+                    if entries:
+                        yield PlannedRequest(index, tuple(entries), tuple(keys), identifier)
+                    entries, keys, index = [], [], request
+                programs.append(program)
+                entry_keys.append(key)
+        if customer is not None:
+            entries.append(Entry(customer, tuple(programs)))
+            keys.append(tuple(entry_keys))
+            yield PlannedRequest(index, tuple(entries), tuple(keys), identifier)
+
+
+def build_plan(
+    pairs: pl.DataFrame, customers_per_request: int, programs_per_customer: int
+) -> Plan:
+    """Plan requests for `pairs` (columns _key, _customer, _program; any subset of valid rows)."""
+    if customers_per_request < 1 or programs_per_customer < 1:
+        raise ValueError("customers_per_request and programs_per_customer must be positive")
+    lf = (
+        pairs.lazy()
+        .select(pl.col("_key").cast(pl.Int64), "_customer", "_program")
+        .sort("_key")
+        .with_columns(
+            # Customer order is first appearance; programs are numbered in input order.
+            _first=pl.col("_key").min().over("_customer"),
+            _round=(pl.int_range(pl.len(), dtype=pl.Int64) // programs_per_customer).over(
+                "_customer"
+            ),
+        )
+    )
+    # One row per (round, customer) entry; pack each round's entries into requests.
+    entries = (
+        lf.group_by("_round", "_first")
+        .agg()
+        .sort("_round", "_first")
+        .with_columns(
+            _slot=pl.int_range(pl.len(), dtype=pl.Int64).over("_round") // customers_per_request
+        )
+    )
+    per_round = (
+        entries.group_by("_round")
+        .agg(_n=pl.col("_slot").max() + 1)
+        .sort("_round")
+        .with_columns(_offset=pl.col("_n").cum_sum() - pl.col("_n"))
+    )
+    entries = entries.join(per_round, on="_round").select(
+        "_round", "_first", _request=pl.col("_offset") + pl.col("_slot")
+    )
+    planned = (
+        lf.join(entries, on=["_round", "_first"])
+        .sort("_request", "_first", "_key")
+        .select("_key", "_customer", "_program", "_request")
+        .collect()
+    )
+    requests = 0 if planned.height == 0 else int(planned.get_column("_request").max()) + 1  # type: ignore[arg-type]
+    return Plan(
+        pairs=planned,
+        customers=planned.get_column("_customer").n_unique(),
+        requests=requests,
+        customers_per_request=customers_per_request,
+        programs_per_customer=programs_per_customer,
+    )
