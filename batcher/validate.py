@@ -1,0 +1,131 @@
+"""`batcher validate`: load, check and plan the input, write what was found, send nothing."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+from batcher.export import write_table
+from batcher.job import Job
+from batcher.plan import Plan, build_plan
+from batcher.rundir import create_run_dir, write_json
+from batcher.source import Source, load_source
+
+PREVIEW_REQUESTS = 5
+REJECTS_STEM = "rejects"
+PLAN_PREVIEW_FILE = "plan-preview.json"
+SUMMARY_FILE = "summary.json"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def plan_source(job: Job, source: Source) -> Plan:
+    """The plan for every valid row of `source`, with the job's batch limits."""
+    return build_plan(
+        source.pairs(), job.api.customers_per_request, job.api.programs_per_customer
+    )
+
+
+def reject_columns(source: Source) -> list[str]:
+    """Columns of the rejects file: row, source_file (globs only), the input's, the verdict."""
+    head = ["row", "source_file"] if source.is_glob else ["row"]
+    return [*head, *source.columns, "status", "reason", "message", "duplicate_of"]
+
+
+def write_rejects(source: Source, run_dir: Path) -> Path | None:
+    """Write rejected and duplicate rows (same format as the input); None when there are none."""
+    rejects = source.rows.filter(pl.col("status") != "valid")
+    if rejects.height == 0:
+        return None
+    path = run_dir / f"{REJECTS_STEM}.{source.format}"
+    return write_table(rejects.select(reject_columns(source)), path, source.format)
+
+
+def write_plan_preview(
+    plan: Plan, identifier: str, run_dir: Path, count: int = PREVIEW_REQUESTS
+) -> Path:
+    """The first `count` request bodies, exactly as they would be sent."""
+    bodies = [r.body(identifier) for r in itertools.islice(plan.iter_requests(identifier), count)]
+    path = run_dir / PLAN_PREVIEW_FILE
+    write_json(path, bodies)
+    return path
+
+
+def plan_summary(job: Job, run_id: str, source: Source, plan: Plan) -> dict[str, Any]:
+    """The validate part of summary.json (a run's summary starts from it)."""
+    return {
+        "job": job.name,
+        "run_id": run_id,
+        "settings": job.settings_for_display(),
+        "input": {
+            "format": source.format,
+            "files": [
+                {"path": str(f.path), "size": f.size, "mtime_ns": f.mtime_ns, "sha256": f.sha256}
+                for f in source.files
+            ],
+            "rows": source.row_count,
+            "columns": source.columns,
+            "notes": source.notes,
+        },
+        "counts": source.counts(),
+        "reasons": source.reason_counts(),
+        "pairs": plan.pairs.height,
+        "customers": plan.customers,
+        "requests": plan.requests,
+    }
+
+
+def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
+    """A short human summary: what the file holds and what would be sent."""
+    console = console or Console(highlight=False)
+    inp = summary["input"]
+    files = inp["files"]
+    what = files[0]["path"] if len(files) == 1 else f"{len(files)} files"
+    console.print(f"[bold]{summary['job']}[/bold]: {inp['rows']:,} rows read from {what}")
+    for note in inp["notes"]:
+        console.print(f"  note: {note}")
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    table.add_column("rows")
+    table.add_column("count", justify="right")
+    counts = summary["counts"]
+    table.add_row("valid", f"{counts['valid']:,}")
+    table.add_row("rejected", f"{counts['rejected']:,}")
+    for reason, n in summary["reasons"].items():
+        table.add_row(f"  {reason}", f"{n:,}")
+    table.add_row("duplicate", f"{counts['duplicate']:,}")
+    console.print(table)
+    console.print(
+        f"Plan: {summary['customers']:,} customers in {summary['requests']:,} requests "
+        f"(at most {summary['settings']['api']['customers_per_request']} customers each). "
+        "Nothing was sent."
+    )
+    console.print(f"Written to {run_dir}")
+
+
+def validate_job(job: Job, console: Console | None = None) -> int:
+    """Load, check and plan the job's input; write rejects, plan preview and summary. Exit code."""
+    started_at = _now()
+    # Load first: an unusable input raises InputError before any run folder exists.
+    source = load_source(job)
+    plan = plan_source(job, source)
+    run_id, run_dir = create_run_dir(job)
+    rejects = write_rejects(source, run_dir)
+    preview = write_plan_preview(plan, job.input.identifier, run_dir)
+    summary: dict[str, Any] = {"command": "validate", **plan_summary(job, run_id, source, plan)}
+    summary["started_at"] = started_at
+    summary["finished_at"] = _now()
+    summary["outputs"] = {
+        "rejects": rejects.name if rejects else None,
+        "plan_preview": preview.name,
+    }
+    write_json(run_dir / SUMMARY_FILE, summary)
+    print_summary(summary, run_dir, console)
+    return 0
