@@ -65,6 +65,52 @@ def validate(job_file: str, input_path: str | None, output_dir: str | None) -> N
 
 
 @main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@_input_option
+@_output_option
+@click.option("--base-url", metavar="URL", help="API host (overrides api.base_url).")
+@click.option("--dry-run", is_flag=True, help="Validate and plan only (same as `validate`).")
+@click.option("--quiet", is_flag=True, help="Print only the final summary.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "console", "json"]),
+    default="auto",
+    show_default=True,
+    help="Log lines on stderr: console for humans, json for aggregators (auto: json unless a tty).",
+)
+@_friendly_errors
+def run(
+    job_file: str,
+    input_path: str | None,
+    output_dir: str | None,
+    base_url: str | None,
+    dry_run: bool,
+    quiet: bool,
+    log_format: str,
+) -> None:
+    """Delink every valid pair of JOB_FILE's input and write an outcome for every row."""
+    from batcher import logs
+    from batcher.job import load_job
+
+    job = load_job(job_file).with_overrides(
+        input_path=input_path, base_url=base_url, output_dir=output_dir
+    )
+    if dry_run:
+        from batcher.validate import validate_job
+
+        sys.exit(validate_job(job))
+    from rich.console import Console
+
+    from batcher.run import execute
+    from batcher.summary import print_run_summary
+
+    logs.configure(log_format=log_format, level="warning" if quiet else "info")  # type: ignore[arg-type]
+    result = execute(job)
+    print_run_summary(result.summary, result.run_dir, Console())
+    sys.exit(result.exit_code)
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to bind (0: any).")
 @click.option(

@@ -142,7 +142,9 @@ class Job:
                 "backoff_max_seconds": self.retry.backoff_max_s,
             },
             "output": {"dir": str(self.output_dir)},
-            "simulator": {"profile": str(self.simulator_profile) if self.simulator_profile else None},
+            "simulator": {
+                "profile": str(self.simulator_profile) if self.simulator_profile else None
+            },
         }
 
 
@@ -197,7 +199,9 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         ),
         "auth": _Key(str, "basic or oauth", ("basic", "oauth").__contains__),
         "rate": _Key(str, 'a quota such as "1000/minute" or "20/second"'),
-        "max_in_flight": _Key(int, "an integer from 1 to 256", lambda v: _positive_int(v) and v <= 256),
+        "max_in_flight": _Key(
+            int, "an integer from 1 to 256", lambda v: _positive_int(v) and v <= 256
+        ),
         "customers_per_request": _Key(int, "a positive integer", _positive_int),
         "programs_per_customer": _Key(int, "a positive integer", _positive_int),
         "timeout_seconds": _Key((int, float), "a positive number of seconds", _positive_number),
@@ -214,8 +218,12 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         ),
     },
     "retry": {
-        "max_attempts": _Key(int, "an integer from 1 to 100", lambda v: _positive_int(v) and v <= 100),
-        "backoff_base_seconds": _Key((int, float), "a positive number of seconds", _positive_number),
+        "max_attempts": _Key(
+            int, "an integer from 1 to 100", lambda v: _positive_int(v) and v <= 100
+        ),
+        "backoff_base_seconds": _Key(
+            (int, float), "a positive number of seconds", _positive_number
+        ),
         "backoff_max_seconds": _Key((int, float), "a positive number of seconds", _positive_number),
     },
     "output": {
@@ -246,10 +254,12 @@ def _check_section(path: Path, section: str, values: Mapping[str, Any]) -> dict[
                     f"Job file {path}: key '{full}' looks like a secret, and secrets never go in "
                     "a job file.",
                     hint="Set them in the environment instead: CAPILLARY_USERNAME and "
-                    "CAPILLARY_PASSWORD (or CAPILLARY_PASSWORD_MD5) for auth = \"basic\", "
-                    "CAPILLARY_CLIENT_KEY and CAPILLARY_CLIENT_SECRET for auth = \"oauth\".",
+                    'CAPILLARY_PASSWORD (or CAPILLARY_PASSWORD_MD5) for auth = "basic", '
+                    'CAPILLARY_CLIENT_KEY and CAPILLARY_CLIENT_SECRET for auth = "oauth".',
                 )
-            raise _fail(path, full, "is not a known key", ", ".join(sorted(prefix + k for k in schema)))
+            raise _fail(
+                path, full, "is not a known key", ", ".join(sorted(prefix + k for k in schema))
+            )
         spec = schema[key]
         kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
         if isinstance(value, bool) or not isinstance(value, kinds):
@@ -273,9 +283,7 @@ def parse_quota(text: str) -> Quota:
 
 
 def _is_loopback(host: str | None) -> bool:
-    return host is not None and (
-        host in ("localhost", "::1", "[::1]") or host.startswith("127.")
-    )
+    return host is not None and (host in ("localhost", "::1", "[::1]") or host.startswith("127."))
 
 
 def _check_base_url(path: Path, url: str) -> None:
@@ -365,7 +373,9 @@ def load_job(path: str | Path) -> Job:
         profile = (job_path.parent / sim["profile"]).resolve()
         if not profile.is_file():
             raise _fail(
-                job_path, "simulator.profile", f"names a file that does not exist ({profile})",
+                job_path,
+                "simulator.profile",
+                f"names a file that does not exist ({profile})",
                 "a simulator profile TOML file, relative to the job file",
             )
 

@@ -1,0 +1,188 @@
+"""Credentials from the environment, and the headers that carry them.
+
+Secrets live only in these objects: their reprs are redacted, and nothing here logs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from batcher.contract import TOKEN_PATH
+from batcher.errors import CredentialsError, RunStopped
+
+ENV_USERNAME = "CAPILLARY_USERNAME"
+ENV_PASSWORD = "CAPILLARY_PASSWORD"
+ENV_PASSWORD_MD5 = "CAPILLARY_PASSWORD_MD5"
+ENV_CLIENT_KEY = "CAPILLARY_CLIENT_KEY"
+ENV_CLIENT_SECRET = "CAPILLARY_CLIENT_SECRET"
+
+
+def md5_hex(password: str) -> str:
+    return hashlib.md5(password.encode("utf-8")).hexdigest()
+
+
+def basic_header(username: str, password_md5: str) -> str:
+    """Capillary's Basic scheme: base64(username + ":" + md5_hex(password))."""
+    raw = f"{username}:{password_md5}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Either Basic (username + md5 of the password) or OAuth (client key + secret)."""
+
+    kind: str  # "basic" | "oauth"
+    username: str = ""
+    password_md5: str = field(default="", repr=False)
+    client_key: str = ""
+    client_secret: str = field(default="", repr=False)
+
+    def __repr__(self) -> str:
+        who = self.username if self.kind == "basic" else self.client_key
+        return f"Credentials(kind={self.kind!r}, principal={who!r}, secret=<redacted>)"
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value, so output scans and log filters can look for them."""
+        return tuple(s for s in (self.password_md5, self.client_secret) if s)
+
+
+def credentials_from_env(auth: str, env: Mapping[str, str] | None = None) -> Credentials:
+    """Read credentials for `auth` from the environment; missing ones are an error (exit 2)."""
+    env = os.environ if env is None else env
+    if auth == "basic":
+        username = env.get(ENV_USERNAME, "")
+        md5 = env.get(ENV_PASSWORD_MD5, "").strip().lower()
+        password = env.get(ENV_PASSWORD, "")
+        missing = [ENV_USERNAME] if not username else []
+        if not md5 and not password:
+            missing.append(f"{ENV_PASSWORD} (or {ENV_PASSWORD_MD5})")
+        if missing:
+            raise CredentialsError(
+                f'auth = "basic" needs {" and ".join(missing)} in the environment; nothing was sent.',
+                hint=f"Export {ENV_USERNAME} and {ENV_PASSWORD} (the tool hashes it) or "
+                f"{ENV_PASSWORD_MD5} (already hashed), then run again.",
+            )
+        return Credentials("basic", username=username, password_md5=md5 or md5_hex(password))
+    key = env.get(ENV_CLIENT_KEY, "")
+    secret = env.get(ENV_CLIENT_SECRET, "")
+    missing = [n for n, v in ((ENV_CLIENT_KEY, key), (ENV_CLIENT_SECRET, secret)) if not v]
+    if missing:
+        raise CredentialsError(
+            f'auth = "oauth" needs {" and ".join(missing)} in the environment; nothing was sent.',
+            hint=f"Export {ENV_CLIENT_KEY} and {ENV_CLIENT_SECRET}, then run again.",
+        )
+    return Credentials("oauth", client_key=key, client_secret=secret)
+
+
+class AuthRefused(RunStopped):
+    """The API refused our credentials and a token refresh did not cure it."""
+
+
+class Authenticator:
+    """Produces auth headers; for OAuth, fetches and refreshes one token shared by all requests."""
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        base_url: str,
+        *,
+        refresh_margin_s: float,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self._credentials = credentials
+        self._token_url = base_url + TOKEN_PATH
+        self._margin_s = refresh_margin_s
+        self._clock = clock
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self._lock: asyncio.Lock | None = None
+        self.refreshes = 0
+        if credentials.kind == "basic":
+            self._static = {
+                "Authorization": basic_header(credentials.username, credentials.password_md5)
+            }
+        else:
+            self._static = {}
+
+    def __repr__(self) -> str:
+        return f"Authenticator({self._credentials!r})"
+
+    @property
+    def uses_tokens(self) -> bool:
+        return self._credentials.kind == "oauth"
+
+    def secrets(self) -> tuple[str, ...]:
+        return self._credentials.secrets() + ((self._token,) if self._token else ())
+
+    async def headers(self, session: aiohttp.ClientSession) -> tuple[dict[str, str], str | None]:
+        """Headers for the next request, and the token they carry (to report it if refused)."""
+        if not self.uses_tokens:
+            return self._static, None
+        if self._token is None or self._clock() >= self._expires_at - self._margin_s:
+            await self._refresh(session, stale=self._token)
+        assert self._token is not None
+        return {"X-CAP-API-OAUTH-TOKEN": self._token}, self._token
+
+    async def refused(self, session: aiohttp.ClientSession, token: str | None) -> bool:
+        """A request was refused (401/498); True if a fresh token is worth one more try."""
+        if not self.uses_tokens or token is None:
+            return False
+        await self._refresh(session, stale=token)
+        return True
+
+    async def _refresh(self, session: aiohttp.ClientSession, *, stale: str | None) -> None:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            # Someone else refreshed while we waited: a single refresh serves everyone.
+            if (
+                self._token is not None
+                and self._token != stale
+                and self._clock() < (self._expires_at - self._margin_s)
+            ):
+                return
+            creds = self._credentials
+            try:
+                async with session.post(
+                    self._token_url,
+                    json={"key": creds.client_key, "secret": creds.client_secret},
+                    headers={"Accept": "application/json"},
+                ) as resp:
+                    status = resp.status
+                    body = await resp.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                raise AuthRefused(
+                    f"Could not get an OAuth token from {self._token_url}: {type(e).__name__}.",
+                    hint="Check api.base_url and the network; nothing more was sent.",
+                ) from e
+            data = body.get("data") if isinstance(body, dict) else None
+            token = data.get("accessToken") if isinstance(data, dict) else None
+            if status != 200 or not isinstance(token, str) or not token:
+                code = None
+                if (
+                    isinstance(body, dict)
+                    and isinstance(body.get("errors"), list)
+                    and body["errors"]
+                ):
+                    first = body["errors"][0]
+                    code = first.get("code") if isinstance(first, dict) else None
+                raise AuthRefused(
+                    f"The API refused the OAuth client key and secret (HTTP {status}, code {code}).",
+                    hint=f"Check {ENV_CLIENT_KEY} and {ENV_CLIENT_SECRET}.",
+                )
+            ttl_s = data.get("ttlSeconds") if isinstance(data, dict) else None
+            ttl = float(ttl_s) if isinstance(ttl_s, int | float) and ttl_s > 0 else 300.0
+            self._token = token
+            # Refresh early by the margin, but never so early that a short-lived token is useless.
+            self._margin_s = min(self._margin_s, ttl / 4)
+            self._expires_at = self._clock() + ttl
+            self.refreshes += 1

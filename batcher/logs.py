@@ -1,0 +1,143 @@
+"""structlog, configured once: JSON lines to the run log, human or JSON lines on stderr.
+
+Every event passes the privacy filter first: keys that could hold a secret are dropped, known
+secret values are blanked wherever they appear, mobiles become `91******0000` and emails
+`j***@example.com`. So nothing a log aggregator receives identifies a customer or opens an account.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from pathlib import Path
+from typing import IO, Any, Literal, TextIO
+
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+LogFormat = Literal["auto", "console", "json"]
+
+_SECRET_KEY_RE = re.compile(
+    r"authorization|password|passwd|secret|token|api[-_]?key|cookie|md5|credential", re.I
+)
+_MOBILE_RE = re.compile(r"(?<![0-9A-Za-z])\+?([0-9]{2})[0-9]{2,9}([0-9]{4})(?![0-9A-Za-z])")
+_EMAIL_RE = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
+# Values of these keys are ours, not customers': leave their digits alone.
+_UNMASKED_KEYS = frozenset({"timestamp", "run_id", "request_id", "job", "event", "level", "logger"})
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+
+def mask_text(text: str) -> str:
+    """Mask every mobile-looking digit run and every email address in `text`."""
+    text = _EMAIL_RE.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+    return _MOBILE_RE.sub(
+        lambda m: m.group(1) + "*" * (len(m.group(0).lstrip("+")) - 6) + m.group(2), text
+    )
+
+
+class PrivacyFilter:
+    """Drop secret-bearing keys, blank known secrets, mask mobiles and emails."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets: set[str] = {s for s in secrets if s}
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for s in self.secrets:
+                if s in value:
+                    value = value.replace(s, "<redacted>")
+            return mask_text(value)
+        if isinstance(value, dict):
+            return {
+                k: self._clean(v) for k, v in value.items() if not _SECRET_KEY_RE.search(str(k))
+            }
+        if isinstance(value, list | tuple | set):
+            return [self._clean(v) for v in value]
+        return value
+
+    def __call__(self, _logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
+        for key in list(event):
+            if _SECRET_KEY_RE.search(key):
+                del event[key]
+            elif key not in _UNMASKED_KEYS:
+                event[key] = self._clean(event[key])
+        return event
+
+
+PRIVACY = PrivacyFilter()
+
+
+class _Sinks:
+    """The last processor: JSON to the run log (always), then stderr as configured."""
+
+    def __init__(self) -> None:
+        self.run_log: IO[str] | None = None
+        self.stderr_json = False
+        self.stderr_level = _LEVELS["info"]
+        self.console = structlog.dev.ConsoleRenderer(colors=False)
+
+    def __call__(self, logger: WrappedLogger, name: str, event: EventDict) -> str:
+        if self.run_log is not None:
+            self.run_log.write(json.dumps(event, default=str, ensure_ascii=False) + "\n")
+            self.run_log.flush()
+        if _LEVELS.get(str(event.get("level", "info")), 20) < self.stderr_level:
+            raise structlog.DropEvent
+        if self.stderr_json:
+            return json.dumps(event, default=str, ensure_ascii=False)
+        return str(self.console(logger, name, dict(event)))
+
+
+SINKS = _Sinks()
+
+
+def configure(
+    *,
+    log_format: LogFormat = "auto",
+    level: str = "info",
+    stream: TextIO | None = None,
+) -> None:
+    """Configure structlog once per process; call again only to change where lines go."""
+    stream = stream or sys.stderr
+    SINKS.stderr_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
+    SINKS.stderr_level = _LEVELS.get(level, 20)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            PRIVACY,
+            SINKS,
+        ],
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def open_run_log(path: Path, secrets: Iterable[str]) -> None:
+    """Start copying every event, as JSON, to the run's log file; `secrets` are blanked."""
+    close_run_log()
+    PRIVACY.secrets.update(s for s in secrets if s)
+    SINKS.run_log = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close_run_log
+
+
+def close_run_log() -> None:
+    if SINKS.run_log is not None:
+        SINKS.run_log.close()
+        SINKS.run_log = None
+
+
+def bind(**values: Any) -> None:
+    """Fields every later event carries (job, run id)."""
+    structlog.contextvars.bind_contextvars(**values)
+
+
+def scrub_secrets(mapping: MutableMapping[str, Any]) -> None:
+    """Remove secret-looking keys from a mapping in place (for settings written to files)."""
+    for key in list(mapping):
+        if _SECRET_KEY_RE.search(key):
+            del mapping[key]
+        elif isinstance(mapping[key], dict):
+            scrub_secrets(mapping[key])

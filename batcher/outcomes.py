@@ -1,0 +1,201 @@
+"""Row outcomes: the six statuses, the journal they stream into, and the result files.
+
+Every input row ends with exactly one status. Sent pairs are journalled as their answers arrive
+(one JSON line each, fsynced at least every second), so a run never holds its outcomes in memory
+and a crash loses nothing confirmed. The result files are assembled from the journal at the end.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import polars as pl
+
+
+class Status(enum.StrEnum):
+    DELINKED = "delinked"
+    NOT_LINKED = "not_linked"
+    FAILED = "failed"
+    RETRYABLE = "retryable"
+    REJECTED = "rejected"
+    DUPLICATE = "duplicate"
+
+
+STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
+# Statuses that leave work for the operator (exit code 1).
+NEEDS_ATTENTION = frozenset({Status.FAILED, Status.RETRYABLE, Status.REJECTED})
+JOURNAL_NAME = "journal.jsonl"
+
+JOURNAL_SCHEMA = {
+    "k": pl.Int64,  # the row's _key
+    "s": pl.String,  # status
+    "c": pl.Int64,  # API code
+    "m": pl.String,  # API message
+    "cid": pl.Int64,  # customer id when returned
+    "rid": pl.String,  # X-CAP-REQUEST-ID
+    "a": pl.Int64,  # attempts
+    "t": pl.String,  # finished_at, UTC ISO 8601
+    "n": pl.String,  # note
+}
+
+OUTCOME_COLUMNS = (
+    "status",
+    "code",
+    "message",
+    "customer_id",
+    "request_id",
+    "attempts",
+    "finished_at",
+    "note",
+    "reason",
+    "duplicate_of",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    key: int
+    status: Status
+    code: int | None
+    message: str | None
+    customer_id: int | None = None
+    request_id: str | None = None
+    attempts: int = 0
+    note: str | None = None
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Journal:
+    """Append-only, fsynced outcome log of the pairs that were sent (or given up on)."""
+
+    def __init__(self, path: Path, *, flush_every_s: float = 1.0) -> None:
+        self.path = path
+        self._file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._buffer: list[str] = []
+        self._flush_every_s = flush_every_s
+        self._last_flush = time.monotonic()
+        self.counts: Counter[str] = Counter()
+        self.codes: Counter[tuple[str, int | None, str | None]] = Counter()
+
+    def record(self, outcome: Outcome) -> None:
+        finished_at = utc_now()
+        self._buffer.append(
+            json.dumps(
+                {
+                    "k": outcome.key,
+                    "s": outcome.status.value,
+                    "c": outcome.code,
+                    "m": outcome.message,
+                    "cid": outcome.customer_id,
+                    "rid": outcome.request_id,
+                    "a": outcome.attempts,
+                    "t": finished_at,
+                    "n": outcome.note,
+                },
+                ensure_ascii=False,
+            )
+        )
+        self.counts[outcome.status.value] += 1
+        self.codes[(outcome.status.value, outcome.code, outcome.message)] += 1
+        if time.monotonic() - self._last_flush >= self._flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write and fsync what is buffered: after this, those outcomes survive a crash."""
+        if self._buffer:
+            self._file.write("\n".join(self._buffer) + "\n")
+            self._buffer.clear()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self.flush()
+            self._file.close()
+
+
+def read_journal(path: Path) -> pl.DataFrame:
+    """The journal's outcomes, the last word per row winning (a resumed run may append)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return pl.DataFrame(schema=JOURNAL_SCHEMA)
+    # A crash can leave a torn last line: read line by line and drop what does not parse.
+    good: list[str] = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.endswith("\n"):
+                good.append(line)
+    if not good:
+        return pl.DataFrame(schema=JOURNAL_SCHEMA)
+    frame = pl.read_ndjson("".join(good).encode(), schema=JOURNAL_SCHEMA)
+    return frame.unique(subset="k", keep="last", maintain_order=True)
+
+
+def assemble_outcomes(
+    rows: pl.DataFrame, journal: pl.DataFrame, columns: list[str]
+) -> pl.DataFrame:
+    """One outcome per input row: journalled answers for sent rows, validation for the rest.
+
+    A valid row with no journal entry was never answered: it is `retryable`, never lost.
+    """
+    joined = rows.join(journal, left_on="_key", right_on="k", how="left")
+    valid = pl.col("status") == "valid"
+    out = joined.select(
+        "row",
+        *(["source_file"] if "source_file" in rows.columns else []),
+        *columns,
+        pl.when(valid)
+        .then(pl.col("s").fill_null(Status.RETRYABLE.value))
+        .otherwise(pl.col("status"))
+        .alias("status"),
+        pl.col("c").alias("code"),
+        pl.when(valid)
+        .then(pl.col("m").fill_null("not sent: the run stopped before this row's request"))
+        .otherwise(pl.col("message"))
+        .alias("message"),
+        pl.col("cid").alias("customer_id"),
+        pl.col("rid").alias("request_id"),
+        pl.col("a").fill_null(0).alias("attempts"),
+        pl.col("t").alias("finished_at"),
+        pl.col("n").alias("note"),
+        "reason",
+        "duplicate_of",
+    )
+    return out
+
+
+def summarise_counts(outcomes: pl.DataFrame) -> dict[str, int]:
+    counts = {s: 0 for s in STATUSES}
+    for status, n in outcomes.group_by("status").len().iter_rows():
+        counts[str(status)] = int(n)
+    return counts
+
+
+def codes_table(outcomes: pl.DataFrame, limit: int = 20) -> list[dict[str, Any]]:
+    """Counts by (status, API code, message), most frequent first."""
+    sent = outcomes.filter(pl.col("code").is_not_null())
+    grouped = (
+        sent.group_by("status", "code", "message")
+        .len()
+        .sort(["len", "code"], descending=[True, False])
+        .head(limit)
+    )
+    return [
+        {"status": s, "code": c, "message": m, "rows": int(n)} for s, c, m, n in grouped.iter_rows()
+    ]
+
+
+def exit_code_for(counts: dict[str, int]) -> int:
+    """0 when nothing needs attention; 1 when some rows are failed, retryable or rejected."""
+    return 1 if any(counts.get(s.value, 0) for s in NEEDS_ATTENTION) else 0

@@ -1,0 +1,132 @@
+"""Pacing under a hard quota: even spacing, a run-wide pause on throttles, and AIMD.
+
+Invariant: two requests never leave closer together than one interval of the current rate, and
+the current rate never exceeds the quota (less a small headroom for arrival jitter). Because the
+bucket holds a single request (aiolimiter with max_rate=1), there is no start-up burst, so the
+quota holds in every window of its period, fixed or sliding, from the first second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+from aiolimiter import AsyncLimiter
+
+from batcher.job import Quota
+
+# Pace a little under the quota: requests leave evenly spaced but arrive with network jitter.
+HEADROOM = 0.99
+# Multiplicative decrease on a throttle, additive increase per second without one.
+DECREASE_FACTOR = 0.7
+INCREASE_PER_S = 0.02  # of the quota's rate
+MIN_SHARE = 0.02  # never slower than this share of the quota
+MAX_RETRY_AFTER_S = 900.0
+
+
+@dataclass(slots=True)
+class PaceState:
+    """What the pacer is doing now, for progress display and the report."""
+
+    rate_per_s: float
+    max_rate_per_s: float
+    paused_until: float = 0.0
+    decreases: int = 0
+
+
+class Pacer:
+    """Hands out send slots at the current pace; everyone sending goes through `slot()`."""
+
+    def __init__(self, quota: Quota, *, backoff_base_s: float, backoff_max_s: float) -> None:
+        max_rate = quota.rate_per_s * HEADROOM
+        self.state = PaceState(rate_per_s=max_rate, max_rate_per_s=max_rate)
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
+        self._limiter: AsyncLimiter | None = None
+        self._lock: asyncio.Lock | None = None
+        self._last_change = 0.0
+        self._consecutive_throttles = 0
+
+    def _loop_time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _new_limiter(self) -> AsyncLimiter:
+        # One slot per interval: capacity 1 means the bucket can never release a burst.
+        return AsyncLimiter(1, 1.0 / self.state.rate_per_s)
+
+    async def slot(self) -> float:
+        """Wait for the next send slot; returns the loop time it was granted at."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+            self._limiter = self._new_limiter()
+            self._last_change = self._loop_time()
+        # One waiter at a time on the limiter, so a pace change applies to the very next slot.
+        async with self._lock:
+            while (wait_s := self.state.paused_until - self._loop_time()) > 0:
+                await asyncio.sleep(wait_s)
+            self._climb()
+            assert self._limiter is not None
+            await self._limiter.acquire()
+            return self._loop_time()
+
+    def _climb(self) -> None:
+        """Additive increase: each second without a throttle wins back a little pace."""
+        now = self._loop_time()
+        state = self.state
+        if state.rate_per_s >= state.max_rate_per_s:
+            self._last_change = now
+            return
+        elapsed_s = now - self._last_change
+        if elapsed_s < 1.0:
+            return
+        state.rate_per_s = min(
+            state.max_rate_per_s,
+            state.rate_per_s + state.max_rate_per_s * INCREASE_PER_S * elapsed_s,
+        )
+        self._last_change = now
+        self._swap_limiter()
+
+    def _swap_limiter(self) -> None:
+        old = self._limiter
+        self._limiter = self._new_limiter()
+        if old is not None and not old.has_capacity():
+            # The last slot was just granted: start the new bucket full so spacing holds.
+            self._limiter._level = 1.0
+            self._limiter._last_check = self._loop_time()
+
+    def throttled(self, sent_at: float, retry_after_s: float | None) -> float:
+        """A throttle answer for a request sent at `sent_at`: pause everyone, slow down.
+
+        Returns the pause in seconds. Requests that were already in flight when the pace
+        dropped do not drop it again: one decrease per episode.
+        """
+        now = self._loop_time()
+        state = self.state
+        if sent_at >= self._last_change or self._consecutive_throttles == 0:
+            state.rate_per_s = max(
+                state.max_rate_per_s * MIN_SHARE, state.rate_per_s * DECREASE_FACTOR
+            )
+            state.decreases += 1
+            self._last_change = now
+            if self._lock is not None:
+                self._swap_limiter()
+        self._consecutive_throttles += 1
+        if retry_after_s is not None:
+            pause_s = min(max(retry_after_s, 0.0), MAX_RETRY_AFTER_S)
+        else:
+            pause_s = backoff_s(
+                self._consecutive_throttles, self._backoff_base_s, self._backoff_max_s
+            )
+        state.paused_until = max(state.paused_until, now + pause_s)
+        return pause_s
+
+    def answered(self) -> None:
+        """A non-throttled answer: the throttle episode, if any, is over."""
+        self._consecutive_throttles = 0
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(max, base * 2^(attempt-1))]."""
+    ceiling = min(max_s, base_s * (2 ** max(attempt - 1, 0)))
+    return random.uniform(0, ceiling)

@@ -1,0 +1,314 @@
+"""`batcher run`: validate, plan, send through the quota, and write an outcome for every row."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import structlog
+
+from batcher import logs
+from batcher.auth import Authenticator, Credentials, credentials_from_env
+from batcher.errors import RunStopped
+from batcher.export import write_table
+from batcher.job import Job
+from batcher.outcomes import (
+    JOURNAL_NAME,
+    Journal,
+    Status,
+    assemble_outcomes,
+    codes_table,
+    exit_code_for,
+    read_journal,
+    summarise_counts,
+    utc_now,
+)
+from batcher.plan import build_plan
+from batcher.rundir import create_run_dir, write_json
+from batcher.send import RunStats, Sender, make_session
+from batcher.source import Source, load_source
+from batcher.validate import plan_summary, write_rejects
+
+log = structlog.get_logger("batcher.run")
+
+EXIT_STOPPED = 3
+CONFIRMED = (Status.DELINKED.value, Status.NOT_LINKED.value, Status.FAILED.value)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    run_id: str
+    run_dir: Path
+    exit_code: int
+    summary: dict[str, Any]
+
+
+def resolve_credentials(job: Job) -> Credentials:
+    """Credentials before anything is sent: the profile's demo ones for the embedded simulator."""
+    if job.api.is_simulator:
+        from batcher.simulator.profile import load_profile
+
+        creds = load_profile(job.simulator_profile).credentials
+        if job.api.auth == "basic":
+            from batcher.auth import md5_hex
+
+            return Credentials(
+                "basic", username=creds.basic_username, password_md5=md5_hex(creds.basic_password)
+            )
+        return Credentials("oauth", client_key=creds.oauth_key, client_secret=creds.oauth_secret)
+    return credentials_from_env(job.api.auth)
+
+
+@contextlib.asynccontextmanager
+async def _api_base_url(job: Job) -> AsyncIterator[str]:
+    """The URL to send to: the job's, or an embedded simulator's on a loopback port."""
+    if not job.api.is_simulator:
+        yield job.api.base_url
+        return
+    from batcher.simulator.profile import load_profile
+    from batcher.simulator.server import Simulator
+
+    async with Simulator(load_profile(job.simulator_profile)) as sim:
+        log.info("simulator.started", base_url=sim.base_url)
+        yield sim.base_url
+
+
+def _install_signal_handlers(sender: Sender, main_task: asyncio.Task[Any]) -> list[int]:
+    """First SIGINT/SIGTERM: stop taking work, finish in-flight. Second: stop at once."""
+    loop = asyncio.get_running_loop()
+    hits = {"n": 0}
+
+    def on_signal(signum: int) -> None:
+        hits["n"] += 1
+        name = signal.Signals(signum).name
+        if hits["n"] == 1:
+            log.warning("run.interrupted", signal=name, action="finishing requests in flight")
+            sender.stop(f"interrupted by {name}")
+        else:
+            log.warning("run.interrupted", signal=name, action="stopping now")
+            main_task.cancel()
+
+    installed: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+    return installed
+
+
+async def _send_all(job: Job, credentials: Credentials, sender_factory: Any) -> Sender:
+    async with _api_base_url(job) as base_url:
+        auth = Authenticator(credentials, base_url, refresh_margin_s=job.api.token_refresh_margin_s)
+        sender: Sender = sender_factory(base_url, auth)
+        task = asyncio.current_task()
+        assert task is not None
+        installed = _install_signal_handlers(sender, task)
+        try:
+            async with make_session(job) as session:
+                await sender.run(session)
+        finally:
+            loop = asyncio.get_running_loop()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        return sender
+
+
+def _plan_input(source: Source, confirmed: pl.DataFrame | None) -> pl.DataFrame:
+    pairs = source.pairs()
+    if confirmed is not None and confirmed.height:
+        pairs = pairs.join(confirmed.select(pl.col("k").alias("_key")), on="_key", how="anti")
+    return pairs
+
+
+def execute(
+    job: Job,
+    *,
+    run_id: str | None = None,
+    run_dir: Path | None = None,
+    parent: str | None = None,
+    progress: Any = None,
+) -> RunResult:
+    """Run the job end to end and write every result file. Raises BatcherError before sending."""
+    credentials = resolve_credentials(job)
+    source = load_source(job)
+    resuming = run_dir is not None
+    if run_dir is None:
+        run_id, run_dir = create_run_dir(job)
+    assert run_id is not None
+    logs.bind(job=job.name, run_id=run_id)
+    logs.open_run_log(run_dir / "run.log.jsonl", credentials.secrets())
+    started_at = utc_now()
+    t0 = time.monotonic()
+    try:
+        if not resuming:
+            shutil.copyfile(job.path, run_dir / "job.toml")
+            write_json(run_dir / "manifest.json", _manifest(job, run_id, source, parent))
+        journal_path = run_dir / JOURNAL_NAME
+        confirmed = None
+        if resuming:
+            done = read_journal(journal_path)
+            confirmed = done.filter(pl.col("s").is_in(CONFIRMED))
+        rejects_path = write_rejects(source, run_dir)
+        plan = build_plan(
+            _plan_input(source, confirmed),
+            job.api.customers_per_request,
+            job.api.programs_per_customer,
+        )
+        log.info(
+            "run.started",
+            rows=source.row_count,
+            pairs=plan.pairs.height,
+            requests=plan.requests,
+            quota=str(job.api.quota),
+            resumed=resuming,
+        )
+        journal = Journal(journal_path)
+        stats = RunStats(pairs_total=plan.pairs.height)
+        requests: Iterator[Any] = plan.iter_requests(job.input.identifier)
+
+        def make_sender(base_url: str, auth: Authenticator) -> Sender:
+            from dataclasses import replace
+
+            sender_job = replace(job, api=replace(job.api, base_url=base_url))
+            return Sender(sender_job, requests, journal, auth, stats=stats)
+
+        sender: Sender | None = None
+        interrupted_hard = False
+        try:
+            sender = asyncio.run(
+                _run_with_progress(job, credentials, make_sender, progress, journal)
+            )
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            interrupted_hard = True
+        finally:
+            journal.close()
+
+        stop_reason = None
+        abort: RunStopped | None = None
+        if interrupted_hard:
+            stop_reason = "interrupted twice: stopped at once"
+        elif sender is not None:
+            stop_reason = sender.stop_reason
+            abort = sender.abort
+        unsent = (
+            f"not sent: the run stopped ({stop_reason})"
+            if stop_reason
+            else "not sent: no answer was recorded"
+        )
+        outcomes = assemble_outcomes(source.rows, read_journal(journal_path), source.columns)
+        outcomes = outcomes.with_columns(
+            pl.when((pl.col("status") == "retryable") & pl.col("finished_at").is_null())
+            .then(pl.lit(unsent))
+            .otherwise(pl.col("message"))
+            .alias("message")
+        )
+        outcomes.write_parquet(run_dir / "outcomes.parquet")
+        failures = outcomes.filter(pl.col("status").is_in(["failed", "retryable"]))
+        failures_path = run_dir / f"failures.{source.format}"
+        write_table(
+            failures.select(*source.columns, "status", "code", "message"),
+            failures_path,
+            source.format,
+        )
+        counts = summarise_counts(outcomes)
+        exit_code = EXIT_STOPPED if stop_reason else exit_code_for(counts)
+        elapsed_s = time.monotonic() - t0
+        send_s = stats.elapsed_s() if stats.requests else 0.0
+        summary = plan_summary(job, run_id, source, plan)
+        summary.update(
+            {
+                "command": "resume" if resuming else "run",
+                "parent": parent,
+                "started_at": started_at,
+                "finished_at": utc_now(),
+                "counts": counts,
+                "codes": codes_table(outcomes),
+                "requests_sent": stats.requests,
+                "responses_by_status": {str(k): v for k, v in sorted(stats.responses.items())},
+                "throttled": stats.throttles,
+                "retries": stats.retries,
+                "splits": stats.splits,
+                "transport_errors": stats.transport_errors,
+                "token_refreshes": stats.token_refreshes,
+                "elapsed_seconds": round(elapsed_s, 3),
+                "send_seconds": round(send_s, 3),
+                "achieved_requests_per_second": round(stats.requests / send_s, 3)
+                if send_s
+                else 0.0,
+                "quota_requests_per_second": round(job.api.quota.rate_per_s, 3),
+                "latency_ms": _percentiles(stats.latencies_ms),
+                "timeline": [
+                    {"second": s, "requests": v[0], "throttled": v[1]}
+                    for s, v in sorted(stats.timeline.items())
+                ],
+                "stopped": stop_reason,
+                "abort": abort.message if abort else None,
+                "exit_code": exit_code,
+                "files": {
+                    "outcomes": str(run_dir / "outcomes.parquet"),
+                    "failures": str(failures_path),
+                    "rejects": str(rejects_path) if rejects_path else None,
+                    "summary": str(run_dir / "summary.json"),
+                    "log": str(run_dir / "run.log.jsonl"),
+                },
+            }
+        )
+        assert sum(counts.values()) == source.row_count, "every row has exactly one outcome"
+        write_json(run_dir / "summary.json", summary)
+        log.info("run.finished", counts=counts, exit_code=exit_code, elapsed_s=round(elapsed_s, 3))
+        return RunResult(run_id, run_dir, exit_code, summary)
+    finally:
+        logs.close_run_log()
+
+
+async def _run_with_progress(
+    job: Job, credentials: Credentials, make_sender: Any, progress: Any, journal: Journal
+) -> Sender:
+    if progress is None:
+        return await _send_all(job, credentials, make_sender)
+    async with progress.live(journal):
+        return await _send_all(job, credentials, make_sender)
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": round(ordered[-1], 2)}
+
+
+def _manifest(job: Job, run_id: str, source: Source, parent: str | None) -> dict[str, Any]:
+    """What a resume needs: the job as it was, the inputs' fingerprints, the plan's parameters."""
+    return {
+        "run_id": run_id,
+        "job": job.name,
+        "job_file": str(job.path),
+        "parent": parent,
+        "created_at": utc_now(),
+        "settings": job.settings_for_display(),
+        "input": {
+            "format": source.format,
+            "files": [
+                {"path": str(f.path), "size": f.size, "mtime_ns": f.mtime_ns, "sha256": f.sha256}
+                for f in source.files
+            ],
+            "rows": source.row_count,
+        },
+        "plan": {
+            "identifier": job.input.identifier,
+            "customers_per_request": job.api.customers_per_request,
+            "programs_per_customer": job.api.programs_per_customer,
+        },
+    }

@@ -1,0 +1,68 @@
+"""The end-of-run summary: one screen an operator can read at a glance."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from batcher.outcomes import STATUSES
+
+
+def next_step(summary: dict[str, Any], run_dir: Path) -> str | None:
+    """The exact command to run next when something is left to do."""
+    counts = summary.get("counts", {})
+    if summary.get("stopped"):
+        return f"batcher resume {shlex.quote(str(run_dir))}"
+    if counts.get("retryable") or counts.get("failed"):
+        flag = " --all" if counts.get("failed") and not counts.get("retryable") else ""
+        return f"batcher retry {shlex.quote(str(run_dir))}{flag}"
+    return None
+
+
+def print_run_summary(summary: dict[str, Any], run_dir: Path, console: Console) -> None:
+    rows = summary["input"]["rows"]
+    counts = summary["counts"]
+    table = Table(title=f"{summary['job']} · run {summary['run_id']}", title_justify="left")
+    table.add_column("status")
+    table.add_column("rows", justify="right")
+    table.add_column("share", justify="right")
+    for status in STATUSES:
+        n = counts.get(status, 0)
+        share = f"{100 * n / rows:.1f}%" if rows else "-"
+        table.add_row(status, f"{n:,}", share)
+    table.add_row("total", f"{sum(counts.values()):,}", "100%" if rows else "-", style="bold")
+    console.print(table)
+
+    codes = summary.get("codes") or []
+    if codes:
+        ct = Table(title="top API codes", title_justify="left")
+        ct.add_column("code", justify="right")
+        ct.add_column("message")
+        ct.add_column("status")
+        ct.add_column("rows", justify="right")
+        for c in codes[:8]:
+            ct.add_row(str(c["code"]), str(c["message"] or ""), c["status"], f"{c['rows']:,}")
+        console.print(ct)
+
+    quota = summary.get("quota_requests_per_second") or 0
+    achieved = summary.get("achieved_requests_per_second") or 0
+    use = f" ({100 * achieved / quota:.0f}% of the quota)" if quota else ""
+    console.print(
+        f"requests {summary.get('requests_sent', 0):,} · throttled {summary.get('throttled', 0):,}"
+        f" · retries {summary.get('retries', 0):,} · splits {summary.get('splits', 0):,}"
+        f" · {achieved:.1f} req/s vs quota {quota:.1f}/s{use}"
+        f" · elapsed {summary.get('elapsed_seconds', 0):.1f} s"
+    )
+    if summary.get("abort"):
+        console.print(f"[bold red]Stopped:[/] {summary['abort']}")
+    elif summary.get("stopped"):
+        console.print(f"[bold yellow]Stopped:[/] {summary['stopped']}")
+    console.print(f"files: {run_dir}")
+    step = next_step(summary, run_dir)
+    if step:
+        console.print(f"next: [bold]{step}[/]")
+    console.print(f"exit code {summary['exit_code']}")
