@@ -1,0 +1,1 @@
+"""A stand-in for Capillary's deLinkCustomer API: profile -> state, quota, faults -> server."""

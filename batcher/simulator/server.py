@@ -1,0 +1,652 @@
+"""The simulator's HTTP server: deLinkCustomer, OAuth tokens, and the inspection endpoint.
+
+Endpoints:
+- `POST /v2/partnerProgram/deLinkCustomer` and `POST /v3/oauth/token/generate`, as the
+  contract describes (see responses.py for the bodies).
+- `GET /__simulator/state` (read-only): the snapshot below. `?pairs=0` leaves out the per-pair
+  list; `?linked=1` lists only the touched pairs still linked.
+- `POST /__simulator/still-linked` (read-only, a query with a body):
+  `{"identifier": "mobile", "pairs": [["919800000001", "partner-01"], ...]}` ->
+  `{"checked": n, "still_linked": [[value, program], ...]}`: how a test checks that every linked
+  pair of a 200,000-row input is unlinked on the server, whatever the client touched.
+
+Snapshot JSON (also `Simulator.snapshot()`):
+```
+{"counters": {"requests": n,              # API requests (not /__simulator), all outcomes
+              "by_status": {"200": n, "429": n, "closed": n, "hang": n, ...},
+              "delink_requests": n, "customers": n, "items": n,
+              "throttled": n,             # quota refusals and random 429s
+              "auth_failures": n, "tokens_issued": n,
+              "faults": {"server_error": n, "hang": n, "disconnect_before": n, ...}},
+ "quota": {"rate": "3000/minute" | null, "window": "fixed", "slowed_down": false},
+ "links_initial": n, "links_remaining": n,
+ "pairs": [{"customer": "10000042",          # customer id, or "<identifier>:<value>" if unknown
+            "id": 10000042, "mobile": "...", "email": "...", "externalId": "...",  # when known
+            "program": "partner-01",
+            "attempts": n,                 # times the server processed a delink of this pair
+            "delinked": n,                 # times it answered success (0 or 1)
+            "linked_now": false}, ...]}
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable
+from email.utils import formatdate
+from types import TracebackType
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from batcher.contract import DELINK_PATH, TOKEN_PATH
+from batcher.simulator import responses as r
+from batcher.simulator.faults import ItemFault, RequestFault, Trouble
+from batcher.simulator.profile import FaultSettings, LatencySettings, Profile
+from batcher.simulator.quota import Quota
+from batcher.simulator.state import IDENTIFIERS, State, lookup_key
+
+STATE_PATH = "/__simulator/state"
+STILL_LINKED_PATH = "/__simulator/still-linked"
+T = TypeVar("T")
+RequestLog = Callable[[dict[str, Any]], None]
+
+_REASONS = {
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    429: "Too Many Requests",
+}
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, code: int, message: str) -> None:
+        self.status, self.code, self.message = status, code, message
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.requests = 0
+        self.by_status: Counter[str] = Counter()
+        self.delink_requests = 0
+        self.customers = 0
+        self.items = 0
+        self.throttled = 0
+        self.auth_failures = 0
+        self.tokens_issued = 0
+        self.faults: Counter[str] = Counter()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "by_status": dict(self.by_status),
+            "delink_requests": self.delink_requests,
+            "customers": self.customers,
+            "items": self.items,
+            "throttled": self.throttled,
+            "auth_failures": self.auth_failures,
+            "tokens_issued": self.tokens_issued,
+            "faults": dict(self.faults),
+        }
+
+
+class Simulator:
+    """State, counters and the aiohttp app; `async with Simulator(profile) as sim:` serves it."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        log_request: RequestLog | None = None,
+    ) -> None:
+        self.profile = profile
+        self.clock = clock
+        self.state = State(profile)
+        self.counters = Counters()
+        self.quota = Quota(profile.quota.rate, profile.quota.window, clock)
+        self.trouble = Trouble(profile.seed, profile.faults, profile.latency)
+        self._log_request = log_request
+        creds = profile.credentials
+        md5 = hashlib.md5(creds.basic_password.encode()).hexdigest()
+        self._basic = "Basic " + base64.b64encode(f"{creds.basic_username}:{md5}".encode()).decode()
+        self._tokens: dict[str, float] = {}  # token -> expiry on `clock`
+        self._request_seq = 0
+        self._first_request_at: float | None = None
+        self._slowed = False
+        self._stopping = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post(DELINK_PATH, self._delink)
+        app.router.add_post(TOKEN_PATH, self._token)
+        app.router.add_get(STATE_PATH, self._state)
+        app.router.add_post(STILL_LINKED_PATH, self._still_linked)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._stopping = asyncio.Event()
+        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, shutdown_timeout=1.0)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.Server)
+        bound = server.sockets[0].getsockname()
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        self.base_url = f"http://{shown}:{bound[1]}"
+
+    async def stop(self) -> None:
+        self._stopping.set()  # wakes hanging requests so shutdown does not wait for them
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def set_faults(
+        self, faults: FaultSettings | None = None, latency: LatencySettings | None = None
+    ) -> None:
+        """Change the trouble mid-life (None: none at all), e.g. before a retry run."""
+        self.trouble.set(faults or FaultSettings(), latency or LatencySettings())
+
+    # --- inspection ---------------------------------------------------------------------
+
+    def snapshot(self, *, pairs: bool = True, linked_only: bool = False) -> dict[str, Any]:
+        state = self.state
+        out: dict[str, Any] = {
+            "counters": self.counters.as_json(),
+            "quota": {
+                "rate": None if self.quota.rate is None else str(self.quota.rate),
+                "window": self.profile.quota.window,
+                "slowed_down": self._slowed,
+            },
+            "links_initial": state.initial_links,
+            "links_remaining": state.links_remaining,
+        }
+        if pairs:
+            listed = []
+            for (key, program), counter in state.pairs.items():
+                if isinstance(key, int):
+                    linked = state.is_linked(key, program)
+                    if linked_only and not linked:
+                        continue
+                    customer = state.customer(key)
+                    entry = {"customer": str(customer.id), **customer.as_json()}
+                else:
+                    if linked_only:
+                        continue
+                    identifier, _, value = key.partition(":")
+                    linked = False
+                    entry = {"customer": key, identifier: value}
+                entry.update(
+                    program=program,
+                    attempts=counter.attempts,
+                    delinked=counter.delinked,
+                    linked_now=linked,
+                )
+                listed.append(entry)
+            out["pairs"] = listed
+        return out
+
+    def still_linked(
+        self, identifier: str, pairs: Iterable[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """Of these (identifier value, program) pairs, those the server still links."""
+        return self.state.still_linked(identifier, pairs)
+
+    async def _state(self, request: web.Request) -> web.Response:
+        q = request.query
+        snap = self.snapshot(pairs=q.get("pairs", "1") != "0", linked_only=q.get("linked") == "1")
+        return web.json_response(snap)
+
+    async def _still_linked(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            identifier = body["identifier"]
+            pairs = [(str(v), str(p)) for v, p in body["pairs"]]
+            if identifier not in IDENTIFIERS:
+                raise ValueError(identifier)
+        except (ValueError, KeyError, TypeError):
+            return web.json_response(
+                {"error": 'expected {"identifier": "mobile", "pairs": [[value, program], ...]}'},
+                status=400,
+            )
+        still = self.still_linked(identifier, pairs)
+        return web.json_response({"checked": len(pairs), "still_linked": still})
+
+    # --- answering ----------------------------------------------------------------------
+
+    def _answer(
+        self,
+        request: web.Request,
+        status: int,
+        body: bytes,
+        *,
+        content_type: str = r.JSON,
+        headers: dict[str, str] | None = None,
+        note: str = "",
+    ) -> web.Response:
+        self._request_seq += 1
+        request_id = f"sim-{self.profile.seed & 0xFFFF:04x}-{self._request_seq:08d}"
+        all_headers = {"X-CAP-REQUEST-ID": request_id, "Content-Type": content_type}
+        if headers:
+            all_headers.update(headers)
+        self._count(request, str(status), request_id, note)
+        return web.Response(status=status, body=body, headers=all_headers)
+
+    def _count(self, request: web.Request, status: str, request_id: str, note: str) -> None:
+        self.counters.requests += 1
+        self.counters.by_status[status] += 1
+        if self._log_request is not None:
+            self._log_request(
+                {
+                    "method": request.method,
+                    "path": request.path,
+                    "status": status,
+                    "request_id": request_id,
+                    "note": note,
+                }
+            )
+
+    def _error(
+        self, request: web.Request, status: int, code: int, message: str, note: str = ""
+    ) -> web.Response:
+        return self._answer(request, status, r.envelope(code, message), note=note)
+
+    def _throttled(self, request: web.Request, wait_s: float, note: str) -> web.Response:
+        self.counters.throttled += 1
+        q = self.profile.quota
+        headers = {}
+        if q.retry_after == "seconds":
+            headers["Retry-After"] = str(max(1, math.ceil(wait_s)))
+        elif q.retry_after == "http-date":
+            headers["Retry-After"] = formatdate(time.time() + wait_s, usegmt=True)
+        reason = _REASONS.get(q.status, "Too Many Requests")
+        if q.body == "json":
+            body, kind = r.envelope(q.status, f"Rate limit exceeded: {reason}"), r.JSON
+        elif q.body == "html":
+            body, kind = r.html_page(q.status, reason), r.HTML
+        else:
+            body, kind = b"", "text/plain"
+        return self._answer(request, q.status, body, content_type=kind, headers=headers, note=note)
+
+    def _authenticate(self, request: web.Request) -> str | web.Response:
+        """The credential's quota key, or the refusal."""
+        creds = self.profile.credentials
+        token = request.headers.get("X-CAP-API-OAUTH-TOKEN")
+        if token is not None:
+            expires_at = self._tokens.get(token)
+            if expires_at is None:
+                self.counters.auth_failures += 1
+                return self._error(request, 401, 401, "Invalid OAuth token", "auth")
+            now = self.clock()
+            if now >= expires_at:
+                self.counters.auth_failures += 1
+                when = formatdate(time.time() - (now - expires_at), usegmt=True)
+                return self._error(
+                    request,
+                    creds.expired_token_status,
+                    498,
+                    f"Token expired at {when}",
+                    "auth.expired",
+                )
+            return "oauth:" + creds.oauth_key
+        header = request.headers.get("Authorization", "")
+        if header == self._basic or (
+            header[:6].lower() == "basic " and header[6:].strip() == self._basic[6:]
+        ):
+            return "basic:" + creds.basic_username
+        self.counters.auth_failures += 1
+        return self._error(
+            request,
+            401,
+            401,
+            "Invalid username or password" if header else "Authentication required",
+            "auth",
+        )
+
+    async def _token(self, request: web.Request) -> web.StreamResponse:
+        creds = self.profile.credentials
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            body = None
+        if (
+            not isinstance(body, dict)
+            or body.get("key") != creds.oauth_key
+            or body.get("secret") != creds.oauth_secret
+        ):
+            self.counters.auth_failures += 1
+            return self._answer(request, 401, r.token_refused(), note="auth")
+        self.counters.tokens_issued += 1
+        n = self.counters.tokens_issued
+        claims = base64.urlsafe_b64encode(json.dumps({"sub": creds.oauth_key, "n": n}).encode())
+        signature = hashlib.sha256(f"{self.profile.seed}:{n}".encode()).hexdigest()
+        token = f"eyJhbGciOiJIUzI1NiJ9.{claims.decode().rstrip('=')}.{signature}"
+        self._tokens[token] = self.clock() + creds.token_ttl_s
+        return self._answer(request, 200, r.token_body(token, creds.token_ttl_s))
+
+    def _maybe_slow_down(self) -> None:
+        slow = self.profile.slowdown
+        if self._slowed or slow.rate is None:
+            return
+        now = self.clock()
+        if self._first_request_at is None:
+            self._first_request_at = now
+        by_count = slow.after_requests is not None and (
+            self.counters.delink_requests > slow.after_requests
+        )
+        by_time = slow.after_s is not None and now - self._first_request_at >= slow.after_s
+        if by_count or by_time:
+            self._slowed = True
+            self.quota.set_rate(slow.rate)
+
+    async def _delink(self, request: web.Request) -> web.StreamResponse:
+        self.counters.delink_requests += 1
+        trouble = self.trouble
+        fault = trouble.request_fault()
+        latency_s = trouble.latency_s()
+        if latency_s:
+            await asyncio.sleep(latency_s)
+        credential = self._authenticate(request)
+        if not isinstance(credential, str):
+            return credential
+        if self.profile.slowdown.rate is not None:
+            self._maybe_slow_down()
+        wait_s = self.quota.acquire(credential)
+        if wait_s is not None:
+            return self._throttled(request, wait_s, "quota")
+        if fault is not None:
+            self.counters.faults[fault.value] += 1
+            early = await self._early_fault(request, fault)
+            if early is not None:
+                return early
+        if request.content_type != r.JSON:
+            return self._error(request, 415, 415, "Unsupported Media Type: send application/json")
+        try:
+            customers = self._process(await request.read())
+        except _BadRequest as e:
+            return self._error(request, e.status, e.code, e.message)
+        body = r.delink_body(self.profile.response_shape, customers)
+        if fault is RequestFault.DISCONNECT_AFTER:
+            return await self._close_mid_response(request, body)
+        if fault is RequestFault.MALFORMED_JSON:
+            return self._answer(
+                request, 200, body[: max(1, len(body) // 2)] + b"<!--", note=fault.value
+            )
+        return self._answer(request, 200, body)
+
+    async def _early_fault(
+        self, request: web.Request, fault: RequestFault
+    ) -> web.StreamResponse | None:
+        """Trouble that strikes before the delink is processed; None for the later kinds."""
+        if fault is RequestFault.THROTTLE:
+            return self._throttled(request, 1.0, fault.value)
+        if fault is RequestFault.SERVER_ERROR:
+            status, html = self.trouble.server_error()
+            reason = _REASONS.get(status, "Server Error")
+            if html:
+                return self._answer(
+                    request,
+                    status,
+                    r.html_page(status, reason),
+                    content_type=r.HTML,
+                    note=fault.value,
+                )
+            return self._error(request, status, status, reason, fault.value)
+        if fault is RequestFault.HANG:
+            self._count(request, "hang", "", fault.value)  # counted now: it may never end
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.trouble.faults.hang_s)
+            return self._drop(request, None)
+        if fault is RequestFault.DISCONNECT_BEFORE:
+            return self._drop(request, "closed")
+        return None
+
+    def _drop(self, request: web.Request, status: str | None) -> web.StreamResponse:
+        """Close the connection without an answer."""
+        if status is not None:
+            self._count(request, status, "", status)
+        if request.transport is not None:
+            request.transport.close()
+        # aiohttp cannot send this on a closed transport and drops it quietly: what we want.
+        return web.Response(status=204)
+
+    async def _close_mid_response(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        """Send the headers and half the body, then hang up: the delink is done, the answer lost."""
+        self._count(request, "closed", "", "disconnect_after")
+        self._request_seq += 1
+        response = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": r.JSON,
+                "X-CAP-REQUEST-ID": f"sim-lost-{self._request_seq:08d}",
+            },
+        )
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        if request.transport is not None:
+            request.transport.close()  # flushes the half body, then hangs up
+        return response
+
+    # --- the delink itself --------------------------------------------------------------
+
+    def _process(self, raw: bytes) -> list[dict[str, Any]]:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise _BadRequest(400, 400, "Invalid JSON in request body") from None
+        entries = body.get("deLinkCustomers") if isinstance(body, dict) else None
+        if not isinstance(entries, list) or not entries:
+            raise _BadRequest(400, 400, "deLinkCustomers is missing or empty")
+        p = self.profile
+        if len(entries) > p.max_customers_per_request:
+            raise _BadRequest(400, 1060, "Batch limit size exceeded")
+        parsed = []
+        for entry in entries:
+            customer = entry.get("customer") if isinstance(entry, dict) else None
+            programs = (
+                entry.get("deLinkFromPartnerPrograms", []) if isinstance(entry, dict) else None
+            )
+            if not isinstance(customer, dict) or not isinstance(programs, list):
+                raise _BadRequest(
+                    400,
+                    400,
+                    "Each deLinkCustomers item needs a customer object "
+                    "and a deLinkFromPartnerPrograms list",
+                )
+            if len(programs) > p.max_programs_per_customer:
+                raise _BadRequest(
+                    400,
+                    2008,
+                    "Cannot link/delink more than "
+                    f"{p.max_programs_per_customer} partner programs at once",
+                )
+            identifier, value = _identifier_of(customer)
+            names = [g.get("partnerProgramName") if isinstance(g, dict) else None for g in programs]
+            parsed.append((identifier, value, [n if isinstance(n, str) else "" for n in names]))
+        poison = p.faults.poison_identifiers
+        if poison and any(v is not None and v.lower() in poison for _, v, _ in parsed):
+            self.counters.faults["poison"] += 1
+            raise _BadRequest(400, 400, "Invalid request: a customer could not be processed")
+        self.counters.customers += len(parsed)
+        out = [self._one_customer(*item) for item in parsed]
+        if p.shuffle_items:
+            self.trouble.shuffle(out)  # type: ignore[arg-type]
+        return out
+
+    def _one_customer(
+        self, identifier: str, value: str | None, programs: list[str]
+    ) -> dict[str, Any]:
+        shape = self.profile.response_shape
+        state = self.state
+        self.counters.items += len(programs)
+        if value is None or not self._valid(identifier, value):
+            status = r.INVALID_IDENTIFIER[identifier if value is not None else "id"]
+            return self._failed_customer(shape, identifier, value or "", status, programs)
+        index = state.find(identifier, lookup_key(identifier, value))
+        if index is None:
+            for program in programs:
+                state.count(f"{identifier}:{value}", program, delinked=False)
+            return self._failed_customer(shape, identifier, value, r.UNKNOWN_CUSTOMER, programs)
+        items = []
+        for program in programs:
+            fault, code = self.trouble.item_fault()
+            if fault is ItemFault.TRANSIENT:
+                self.counters.faults[fault.value] += 1
+                items.append(r.program_item(shape, program, r.transient_status(code)))
+                continue
+            if not state.is_program(program):
+                status = r.UNKNOWN_PROGRAM
+                state.count(index, program, delinked=False)
+            else:
+                done = state.delink(index, program)
+                state.count(index, program, delinked=done)
+                status = r.SUCCESS if done else r.NOT_LINKED
+            if fault is not None:  # omitted, processed or not
+                self.counters.faults[ItemFault.OMITTED.value] += 1
+                continue
+            items.append(r.program_item(shape, program, status))
+        customer = state.customer(index).as_json()
+        customer["status"] = r.FOUND
+        return {"customer": customer, r.SHAPES[shape][1]: items}
+
+    def _failed_customer(
+        self, shape: str, identifier: str, value: str, status: dict[str, Any], programs: list[str]
+    ) -> dict[str, Any]:
+        items = []
+        if self.profile.unknown_customer_programs == "echo":
+            items = [r.program_item(shape, p, status) for p in programs]
+        return {"customer": {identifier: value, "status": status}, r.SHAPES[shape][1]: items}
+
+    def _valid(self, identifier: str, value: str) -> bool:
+        p = self.profile
+        if identifier == "mobile":
+            return value.isdigit() and p.mobile_min_digits <= len(value) <= p.mobile_max_digits
+        if identifier == "email":
+            return "@" in value
+        return bool(value)
+
+
+def _identifier_of(customer: dict[str, Any]) -> tuple[str, str | None]:
+    """The first identifier present, its value as text (a JSON number is fine for mobile)."""
+    for name in IDENTIFIERS:
+        value = customer.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            return name, ""
+        if isinstance(value, float | int):
+            return name, str(int(value))
+        if isinstance(value, str):
+            return name, value.strip()
+        return name, ""
+    return "id", None
+
+
+class SimulatorThread:
+    """A Simulator on its own event loop in a background thread (for CLI subprocess tests)."""
+
+    def __init__(self, profile: Profile, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.profile = profile
+        self._host, self._port = host, port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="simulator", daemon=True
+        )
+        self.simulator: Simulator | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+        self.simulator = self._call(self._start())
+
+    async def _start(self) -> Simulator:
+        sim = Simulator(self.profile)
+        await sim.start(self._host, self._port)
+        return sim
+
+    def stop(self) -> None:
+        if self.simulator is not None:
+            self._call(self.simulator.stop())
+            self.simulator = None
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> SimulatorThread:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
+
+    def _sim(self) -> Simulator:
+        if self.simulator is None:
+            raise RuntimeError("SimulatorThread is not running")
+        return self.simulator
+
+    @property
+    def base_url(self) -> str:
+        return self._sim().base_url
+
+    def snapshot(self, *, pairs: bool = True, linked_only: bool = False) -> dict[str, Any]:
+        """The same JSON as GET /__simulator/state, taken on the server's loop."""
+        sim = self._sim()
+
+        async def take() -> dict[str, Any]:
+            return sim.snapshot(pairs=pairs, linked_only=linked_only)
+
+        return self._call(take())
+
+    def still_linked(
+        self, identifier: str, pairs: Iterable[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        sim, listed = self._sim(), list(pairs)
+
+        async def check() -> list[tuple[str, str]]:
+            return sim.still_linked(identifier, listed)
+
+        return self._call(check())
+
+    def set_faults(
+        self, faults: FaultSettings | None = None, latency: LatencySettings | None = None
+    ) -> None:
+        sim = self._sim()
+
+        async def change() -> None:
+            sim.set_faults(faults, latency)
+
+        self._call(change())
