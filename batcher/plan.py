@@ -91,46 +91,40 @@ def build_plan(
     """Plan requests for `pairs` (columns _key, _customer, _program; any subset of valid rows)."""
     if customers_per_request < 1 or programs_per_customer < 1:
         raise ValueError("customers_per_request and programs_per_customer must be positive")
-    lf = (
+    ordered = (
         pairs.lazy()
         .select(pl.col("_key").cast(pl.Int64), "_customer", "_program")
         .sort("_key")
-        .with_columns(
-            # Customer order is first appearance; programs are numbered in input order.
-            _first=pl.col("_key").min().over("_customer"),
-            _round=(pl.int_range(pl.len(), dtype=pl.Int64) // programs_per_customer).over(
-                "_customer"
-            ),
-        )
-    )
-    # One row per (round, customer) entry; pack each round's entries into requests.
-    entries = (
-        lf.group_by("_round", "_first")
-        .agg()
-        .sort("_round", "_first")
-        .with_columns(
-            _slot=pl.int_range(pl.len(), dtype=pl.Int64).over("_round") // customers_per_request
-        )
-    )
-    per_round = (
-        entries.group_by("_round")
-        .agg(_n=pl.col("_slot").max() + 1)
-        .sort("_round")
-        .with_columns(_offset=pl.col("_n").cum_sum() - pl.col("_n"))
-    )
-    entries = entries.join(per_round, on="_round").select(
-        "_round", "_first", _request=pl.col("_offset") + pl.col("_slot")
-    )
-    planned = (
-        lf.join(entries, on=["_round", "_first"])
-        .sort("_request", "_first", "_key")
-        .select("_key", "_customer", "_program", "_request")
+        # Customer order is first appearance: a customer is known by its first row's _key.
+        .with_columns(_first=pl.col("_key").min().over("_customer"))
+        .sort("_first", maintain_order=True)  # stable: each customer's rows stay in input order
         .collect()
+    )
+    # Rows of one customer are now contiguous and in input order: number them without hashing.
+    index = pl.int_range(pl.len(), dtype=pl.Int64)
+    new_customer = pl.col("_first") != pl.col("_first").shift(1, fill_value=-1)
+    ordered = ordered.with_columns(
+        _new_customer=new_customer,
+        _round=(index - pl.when(new_customer).then(index).forward_fill()) // programs_per_customer
+    )
+    rounds = 0 if ordered.height == 0 else int(ordered.get_column("_round").max())  # type: ignore[arg-type]
+    if rounds > 0:
+        # Chunk k of every customer goes in round k (only needed when some customer is split).
+        ordered = ordered.sort("_round", "_first", "_key")
+    new_round = pl.col("_round") != pl.col("_round").shift(1, fill_value=-1)
+    new_entry = new_round | (pl.col("_first") != pl.col("_first").shift(1, fill_value=-1))
+    entry = new_entry.cast(pl.Int64).cum_sum() - 1
+    entry_in_round = entry - pl.when(new_round).then(entry).forward_fill()
+    slot = entry_in_round // customers_per_request
+    new_request = new_round | (slot != slot.shift(1, fill_value=-1))
+    planned = ordered.select(
+        "_key", "_customer", "_program",
+        _request=new_request.cast(pl.Int64).cum_sum() - 1,
     )
     requests = 0 if planned.height == 0 else int(planned.get_column("_request").max()) + 1  # type: ignore[arg-type]
     return Plan(
         pairs=planned,
-        customers=planned.get_column("_customer").n_unique(),
+        customers=int(ordered.get_column("_new_customer").sum()),
         requests=requests,
         customers_per_request=customers_per_request,
         programs_per_customer=programs_per_customer,

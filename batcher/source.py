@@ -355,126 +355,102 @@ def _text(column: str) -> pl.Expr:
     return pl.col(column).str.strip_chars().str.strip_prefix("'").str.strip_chars()
 
 
-def _customer_rules(identifier: Identifier, column: str) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
-    """(value to send, reason code or null, message or null) for the identifier column."""
-    text = _text(column)
-    missing = text.is_null() | (text == "")
-    reason: pl.Expr
-    message: pl.Expr
+# (reason, message) by problem number; 0 means the row is fine. Problems are numbered so a
+# row's first problem (identifier before program) is found with vectorised when/then on ints.
+def _problems(identifier: Identifier, id_column: str, program_column: str) -> list[tuple[str, str]]:
+    identifier_problems = {
+        "mobile": [
+            ("mobile_in_scientific_notation",
+             "mobile is in scientific notation (a spreadsheet turned it into a number and lost "
+             "digits); re-export the column as text"),
+            ("invalid_mobile",
+             f"mobile is not {MOBILE_DIGITS_MIN} to {MOBILE_DIGITS_MAX} digits with the country "
+             "code (after removing spaces, dashes, parentheses and a leading +)"),
+        ],
+        "email": [("invalid_email", "email needs exactly one @, a dot in the domain, no spaces")],
+        "externalId": [
+            ("invalid_external_id", f"externalId is longer than {EXTERNAL_ID_MAX_CHARS} characters")
+        ],
+        "id": [("invalid_id", f"id is not a positive integer (at most {ID_MAX_DIGITS} digits)")],
+    }[identifier]
+    return [
+        ("missing_identifier", f"the {id_column} column is empty"),
+        *identifier_problems,
+        ("missing_program", f"the {program_column} column is empty"),
+        ("program_too_long", f"program name is longer than {PROGRAM_MAX_CHARS} characters"),
+    ]
+
+
+def _customer_checks(identifier: Identifier) -> tuple[pl.Expr, list[pl.Expr]]:
+    """(value to send, [failure condition per identifier problem]) from the `_id_text` column."""
+    text = pl.col("_id_text")
     if identifier == "mobile":
         digits = text.str.replace_all(_MOBILE_NOISE_RE, "").str.strip_prefix("+")
-        scientific = text.str.contains(_SCIENTIFIC_RE)
-        ok = digits.str.contains(_MOBILE_RE)
-        value = digits
-        reason = (
-            pl.when(missing).then(pl.lit("missing_identifier"))
-            .when(scientific).then(pl.lit("mobile_in_scientific_notation"))
-            .when(~ok).then(pl.lit("invalid_mobile"))
-        )
-        message = (
-            pl.when(missing).then(pl.lit(f"the {column} column is empty"))
-            .when(scientific).then(pl.lit(
-                "mobile is in scientific notation (a spreadsheet turned it into a number and "
-                "lost digits); re-export the column as text"
-            ))
-            .when(~ok).then(pl.lit(
-                f"mobile is not {MOBILE_DIGITS_MIN} to {MOBILE_DIGITS_MAX} digits with the country "
-                "code (after removing spaces, dashes, parentheses and a leading +)"
-            ))
-        )
-    elif identifier == "email":
-        ok = text.str.contains(_EMAIL_RE)
-        value = text
-        reason = (
-            pl.when(missing).then(pl.lit("missing_identifier"))
-            .when(~ok).then(pl.lit("invalid_email"))
-        )
-        message = (
-            pl.when(missing).then(pl.lit(f"the {column} column is empty"))
-            .when(~ok).then(pl.lit("email needs exactly one @, a dot in the domain, no spaces"))
-        )
-    elif identifier == "externalId":
-        ok = text.str.len_chars() <= EXTERNAL_ID_MAX_CHARS
-        value = text
-        reason = (
-            pl.when(missing).then(pl.lit("missing_identifier"))
-            .when(~ok).then(pl.lit("invalid_external_id"))
-        )
-        message = (
-            pl.when(missing).then(pl.lit(f"the {column} column is empty"))
-            .when(~ok).then(pl.lit(f"externalId is longer than {EXTERNAL_ID_MAX_CHARS} characters"))
-        )
-    else:  # id
-        ok = text.str.contains(_ID_RE)
-        value = text.str.strip_chars_start("0")
-        reason = (
-            pl.when(missing).then(pl.lit("missing_identifier"))
-            .when(~ok).then(pl.lit("invalid_id"))
-        )
-        message = (
-            pl.when(missing).then(pl.lit(f"the {column} column is empty"))
-            .when(~ok)
-            .then(pl.lit(f"id is not a positive integer (at most {ID_MAX_DIGITS} digits)"))
-        )
-    return value, reason, message
-
-
-def _program_rules(column: str) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
-    text = _text(column)
-    missing = text.is_null() | (text == "")
-    too_long = text.str.len_chars() > PROGRAM_MAX_CHARS
-    reason = (
-        pl.when(missing).then(pl.lit("missing_program"))
-        .when(too_long).then(pl.lit("program_too_long"))
-    )
-    message = (
-        pl.when(missing).then(pl.lit(f"the {column} column is empty"))
-        .when(too_long).then(pl.lit(f"program name is longer than {PROGRAM_MAX_CHARS} characters"))
-    )
-    return text, reason, message
+        return digits, [
+            text.str.contains(_SCIENTIFIC_RE),
+            ~pl.col("_value").str.contains(_MOBILE_RE),
+        ]
+    if identifier == "email":
+        return text, [~text.str.contains(_EMAIL_RE)]
+    if identifier == "externalId":
+        return text, [text.str.len_chars() > EXTERNAL_ID_MAX_CHARS]
+    return text.str.strip_chars_start("0"), [~text.str.contains(_ID_RE)]
 
 
 def validate_rows(
     frame: pl.DataFrame, identifier: Identifier, id_column: str, program_column: str
 ) -> pl.DataFrame:
     """Add _customer, _program, status, reason, message, duplicate_of (vectorised)."""
-    value, id_reason, id_message = _customer_rules(identifier, id_column)
-    program, prog_reason, prog_message = _program_rules(program_column)
-    lf = frame.lazy().with_columns(
-        _value=value,
-        _program=program,
-        reason=pl.coalesce(id_reason, prog_reason),
-        message=pl.coalesce(id_message, prog_message),
+    problems = _problems(identifier, id_column, program_column)
+    value, id_failures = _customer_checks(identifier)
+    id_text, prog_text = pl.col("_id_text"), pl.col("_program")
+    conditions = [
+        id_text.is_null() | (id_text == ""),
+        *id_failures,
+        prog_text.is_null() | (prog_text == ""),
+        prog_text.str.len_chars() > PROGRAM_MAX_CHARS,
+    ]
+    problem: pl.Expr = pl.lit(0, dtype=pl.UInt8)
+    for number in range(len(conditions), 0, -1):  # the first failing check wins
+        problem = pl.when(conditions[number - 1]).then(pl.lit(number, dtype=pl.UInt8)).otherwise(
+            problem
+        )
+    lf = (
+        frame.lazy()
+        .with_columns(_id_text=_text(id_column), _program=_text(program_column))
+        .with_columns(_value=value)
+        .with_columns(_problem=problem)
     )
-    valid = pl.col("reason").is_null()
+    valid = pl.col("_problem") == 0
     # The dedupe key of a customer: emails compare case-insensitively.
     key = pl.col("_value").str.to_lowercase() if identifier == "email" else pl.col("_value")
-    lf = lf.with_columns(
-        _ckey=pl.when(valid).then(key),
-        _program=pl.when(valid).then(pl.col("_program")),
-    )
+    lf = lf.with_columns(_ckey=pl.when(valid).then(key), _program=pl.when(valid).then(prog_text))
     # One customer, one spelling on the wire: for emails, the first occurrence's trimmed value.
     customer = (
         pl.col("_value").first().over("_ckey") if identifier == "email" else pl.col("_value")
     )
-    first = pl.col("_key").min().over("_ckey", "_program")
     lf = lf.with_columns(
         _customer=pl.when(valid).then(customer),
-        _first=pl.when(valid).then(first),
-    )
-    duplicate = valid & (pl.col("_first") != pl.col("_key"))
+        _first=pl.when(valid).then(pl.col("_key").min().over("_ckey", "_program")),
+    ).with_columns(_duplicate=valid & (pl.col("_first") != pl.col("_key")))
+    duplicate = pl.col("_duplicate")
     first_row = pl.col("row").gather(pl.col("_first"))
     first_file = pl.col("source_file").gather(pl.col("_first"))
+    reasons = {n: r for n, (r, _) in enumerate(problems, 1)}
+    messages = {n: m for n, (_, m) in enumerate(problems, 1)}
     lf = lf.with_columns(
         status=pl.when(duplicate).then(pl.lit("duplicate"))
         .when(valid).then(pl.lit("valid"))
         .otherwise(pl.lit("rejected")),
+        reason=pl.col("_problem").replace_strict(reasons, default=None, return_dtype=pl.String),
         duplicate_of=pl.when(duplicate).then(first_row),
         message=pl.when(duplicate & (first_file != pl.col("source_file"))).then(
             pl.format("same customer and program as row {} of {}", first_row, first_file)
         ).when(duplicate).then(
             pl.format("same customer and program as row {}", first_row)
-        ).otherwise(pl.col("message")),
+        ).otherwise(
+            pl.col("_problem").replace_strict(messages, default=None, return_dtype=pl.String)
+        ),
     )
     originals = [c for c in frame.columns if c not in ("_key", "row", "source_file")]
     return lf.select(

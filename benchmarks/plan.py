@@ -1,0 +1,115 @@
+"""Benchmark `batcher validate` on 10 million pairs against a bare polars yardstick.
+
+    uv run python benchmarks/plan.py            # generate (once) into benchmarks/data/, then time
+    uv run python benchmarks/plan.py --rows 1000000
+
+Each measurement runs in a fresh Python process that reports its own elapsed time (after
+imports) and peak RSS, so one measurement's memory never hides in another's. The yardstick is
+a bare polars scan + unique + group_by of the same file; the target is ours <= 1.5x of it,
+under 10 s and under 2 GB for 10M rows on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+PROGRAMS = 50
+
+
+def generate(rows: int, customers: int) -> dict[str, Path]:
+    """Deterministic pairs: customer i has mobile 9198{i:08d}, spread over 50 programs."""
+    import polars as pl
+
+    DATA.mkdir(exist_ok=True)
+    stem = f"pairs-{rows}"
+    paths = {"csv": DATA / f"{stem}.csv", "parquet": DATA / f"{stem}.parquet"}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    i = pl.int_range(rows, dtype=pl.Int64)
+    # A multiplicative scramble spreads a customer's rows through the file, as real exports do.
+    customer = (i * 7919) % customers
+    program = (i // customers + 2 * (i % 25)) % PROGRAMS + 1
+    frame = pl.select(
+        mobile=pl.lit("9198") + customer.cast(pl.String).str.zfill(8),
+        partner_program_name=pl.lit("partner-") + program.cast(pl.String).str.zfill(2),
+        requested_by=pl.lit("benchmark"),
+    )
+    frame.write_csv(paths["csv"])
+    frame.write_parquet(paths["parquet"])
+    return paths
+
+
+def _child(kind: str, path: Path) -> None:
+    """Run one measurement in this process and print its figures as JSON."""
+    import polars as pl
+
+    start = time.perf_counter()
+    if kind == "ours":
+        from batcher.job import load_job
+        from batcher.validate import validate_job
+
+        job_file = DATA / f"bench-{path.suffix[1:]}.toml"
+        job_file.write_text(
+            f'name = "bench"\n[input]\npath = "{path.name}"\n[api]\nbase_url = "simulator"\n'
+            f'[output]\ndir = "{DATA / "output"}"\n'
+        )
+        from io import StringIO
+
+        from rich.console import Console
+
+        validate_job(load_job(job_file), Console(file=StringIO()))
+    else:
+        csv = path.suffix == ".csv"
+        lf = pl.scan_csv(path, infer_schema=False) if csv else pl.scan_parquet(path)
+        (
+            lf.unique(subset=["mobile", "partner_program_name"])
+            .group_by("mobile")
+            .agg(pl.len())
+            .collect()
+        )
+    elapsed = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": elapsed, "peak_rss_mb": peak_kb / 1024}))
+
+
+def measure(kind: str, path: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, str(path)],
+        check=True, capture_output=True, text=True,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child[0], Path(args.child[1]))
+        return
+    t0 = time.perf_counter()
+    paths = generate(args.rows, args.rows // 2)
+    print(f"data: {args.rows:,} rows ({time.perf_counter() - t0:.1f} s to generate or find)")
+    for fmt, path in paths.items():
+        ours = measure("ours", path)
+        yard = measure("yardstick", path)
+        ratio = ours["seconds"] / yard["seconds"]
+        print(
+            f"{fmt:8} ours {ours['seconds']:6.2f} s "
+            f"{args.rows / ours['seconds'] / 1e6:5.2f} M rows/s "
+            f"peak {ours['peak_rss_mb']:6.0f} MB | yardstick {yard['seconds']:6.2f} s "
+            f"peak {yard['peak_rss_mb']:6.0f} MB | ratio {ratio:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
