@@ -522,6 +522,9 @@ class Simulator:
                 self.counters.faults[fault.value] += 1
                 items.append(r.program_item(shape, program, r.transient_status(code)))
                 continue
+            if fault is ItemFault.OMITTED:  # dropped unseen: neither processed nor answered
+                self.counters.faults[fault.value] += 1
+                continue
             if not state.is_program(program):
                 status = r.UNKNOWN_PROGRAM
                 state.count(index, program, delinked=False)
@@ -529,7 +532,7 @@ class Simulator:
                 done = state.delink(index, program)
                 state.count(index, program, delinked=done)
                 status = r.SUCCESS if done else r.NOT_LINKED
-            if fault is not None:  # omitted, processed or not
+            if fault is ItemFault.OMITTED_PROCESSED:  # done, but left out of the answer
                 self.counters.faults[ItemFault.OMITTED.value] += 1
                 continue
             items.append(r.program_item(shape, program, status))
