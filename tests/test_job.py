@@ -1,0 +1,87 @@
+"""Job files: every mistake is one clear paragraph naming file and key, exit 2, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from batcher.cli import main
+from batcher.errors import JobError
+from batcher.job import load_job
+
+GOOD = """
+name = "t"
+[input]
+path = "in.csv"
+[api]
+base_url = "simulator"
+"""
+
+
+def write_job(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.toml"
+    path.write_text(text)
+    (tmp_path / "in.csv").write_text("mobile,partner_program_name\n919800000001,partner-01\n")
+    return path
+
+
+def test_defaults_are_filled_in(tmp_path: Path) -> None:
+    job = load_job(write_job(tmp_path, GOOD))
+    assert job.input.identifier == "mobile"
+    assert job.input.identifier_column == "mobile"
+    assert job.input.program_column == "partner_program_name"
+    assert job.api.customers_per_request == 50
+    assert job.input_pattern() == tmp_path / "in.csv"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (GOOD + "colour = 1\n", "'api.colour' is not a known key"),
+        (GOOD + 'customers_per_request = "50"\n', "'api.customers_per_request' has the wrong"),
+        (GOOD + "customers_per_request = 0\n", "'api.customers_per_request' has a bad value"),
+        (GOOD + "rate = \"fast\"\n", "'api.rate' has a bad value"),
+        (GOOD + "password = \"hunter2\"\n", "looks like a secret"),
+        (GOOD + "[simulator]\nprofile = \"missing.toml\"\n", "names a file that does not exist"),
+        ('name = "../x"\n' + GOOD.split("\n", 2)[2], "key 'name' has a bad value"),
+    ],
+)
+def test_bad_job_is_one_paragraph_exit_2(tmp_path: Path, text: str, expected: str) -> None:
+    job = write_job(tmp_path, text)
+    result = CliRunner().invoke(main, ["validate", str(job)])
+    assert result.exit_code == 2
+    assert expected in result.output
+    assert str(job) in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_identifier_names_allowed_values(tmp_path: Path) -> None:
+    text = GOOD.replace('path = "in.csv"', 'path = "in.csv"\nidentifier = "phone"')
+    job = write_job(tmp_path, text)
+    with pytest.raises(JobError, match=r"input.identifier.*mobile, email, externalId, id"):
+        load_job(job)
+
+
+def test_missing_job_file_is_exit_2_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "batcher.cli", "validate", str(tmp_path / "nope.toml")],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_secret_key_points_at_the_environment(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "batcher.cli", "validate",
+         str(write_job(tmp_path, GOOD + 'client_secret = "x"\n'))],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 2
+    assert "CAPILLARY_" in proc.stderr
+    assert "Traceback" not in proc.stderr
