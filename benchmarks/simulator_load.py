@@ -1,0 +1,125 @@
+"""How many 1-customer delinks per second the simulator answers on one core (target: 4,000).
+
+    uv run python benchmarks/simulator_load.py [--seconds 3] [--concurrency 32]
+
+The server runs in a subprocess pinned to one core (where the OS allows), with faults, latency
+and the quota off; the load comes from this process (pinned to another core) over 32 keep-alive
+connections speaking raw HTTP/1.1, so the client is not what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from typing import Any
+
+DELINK = "/v2/partnerProgram/deLinkCustomer"
+
+
+def _pin(core: int) -> None:
+    if hasattr(os, "sched_setaffinity") and core < (os.cpu_count() or 1):
+        os.sched_setaffinity(0, {core})
+
+
+def _serve(port_out: Any, stop: Any) -> None:
+    _pin(0)
+    from batcher.simulator.profile import profile_from_dict
+    from batcher.simulator.server import Simulator
+
+    async def main() -> None:
+        prof = profile_from_dict({"seed": 1, "state": {"customers": 1_000_000, "program_count": 5}})
+        sim = Simulator(prof)
+        await sim.start()
+        port_out.put(sim.base_url)
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+        port_out.put(sim.snapshot(pairs=False)["counters"])
+        await sim.stop()
+
+    asyncio.run(main())
+
+
+def _request(host: str, i: int) -> bytes:
+    md5 = hashlib.md5(b"demo-password").hexdigest()
+    auth = base64.b64encode(f"demo.till:{md5}".encode()).decode()
+    payload = json.dumps(
+        {
+            "deLinkCustomers": [
+                {
+                    "customer": {"mobile": f"9198{i:08d}"},
+                    "deLinkFromPartnerPrograms": [{"partnerProgramName": "partner-01"}],
+                }
+            ]
+        }
+    ).encode()
+    head = (
+        f"POST {DELINK} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {auth}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    return head.encode() + payload
+
+
+async def _worker(host: str, port: int, first: int, deadline: float, counts: list[int]) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    i = first
+    while time.monotonic() < deadline:
+        writer.write(_request(host, i))
+        i += 1
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await reader.readexactly(length)
+        if not head.startswith(b"HTTP/1.1 200"):
+            counts[1] += 1
+        counts[0] += 1
+    writer.close()
+    await writer.wait_closed()
+
+
+async def _load(base_url: str, seconds: float, concurrency: int) -> tuple[int, int, float]:
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    counts = [0, 0]
+    started = time.monotonic()
+    deadline = started + seconds
+    await asyncio.gather(
+        *(_worker(host, int(port), k * 100_000, deadline, counts) for k in range(concurrency))
+    )
+    return counts[0], counts[1], time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    ctx = multiprocessing.get_context("spawn")
+    port_out, stop = ctx.Queue(), ctx.Event()
+    server = ctx.Process(target=_serve, args=(port_out, stop))
+    server.start()
+    try:
+        base_url = port_out.get(timeout=30)
+        _pin(1)
+        done, bad, elapsed = asyncio.run(_load(base_url, args.seconds, args.concurrency))
+        stop.set()
+        counters = port_out.get(timeout=30)
+    finally:
+        stop.set()
+        server.join(timeout=10)
+        if server.is_alive():
+            server.terminate()
+    print(
+        f"{done / elapsed:,.0f} requests/s ({done} in {elapsed:.1f} s, {bad} not 200, "
+        f"concurrency {args.concurrency}, server on one core); "
+        f"server counted {counters['requests']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
