@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from batcher import logs
 from batcher.contract import TOKEN_PATH
 from batcher.errors import CredentialsError, RunStopped
 
@@ -182,6 +183,7 @@ class Authenticator:
             ttl_s = data.get("ttlSeconds") if isinstance(data, dict) else None
             ttl = float(ttl_s) if isinstance(ttl_s, int | float) and ttl_s > 0 else 300.0
             self._token = token
+            logs.add_secrets(token)  # a token is a secret too: blank it in any later event
             # Refresh early by the margin, but never so early that a short-lived token is useless.
             self._margin_s = min(self._margin_s, ttl / 4)
             self._expires_at = self._clock() + ttl

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Literal, TextIO
 
@@ -20,7 +21,9 @@ from structlog.typing import EventDict, WrappedLogger
 LogFormat = Literal["auto", "console", "json"]
 
 _SECRET_KEY_RE = re.compile(
-    r"authorization|password|passwd|secret|token|api[-_]?key|cookie|md5|credential", re.I
+    r"authorization|password|passwd|secret|token|api[-_]?key|client[-_]?key|private[-_]?key"
+    r"|cookie|md5|credential|signature|session[-_]?id",
+    re.I,
 )
 _MOBILE_RE = re.compile(r"(?<![0-9A-Za-z])\+?([0-9]{2})[0-9]{2,9}([0-9]{4})(?![0-9A-Za-z])")
 _EMAIL_RE = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
@@ -77,6 +80,9 @@ class _Sinks:
         self.stderr_json = False
         self.stderr_level = _LEVELS["info"]
         self.console = structlog.dev.ConsoleRenderer(colors=False)
+        # While a live progress display owns the terminal, console lines go through it instead
+        # of straight to stderr, so they scroll above the display rather than through it.
+        self.echo: Callable[[str], None] | None = None
 
     def __call__(self, logger: WrappedLogger, name: str, event: EventDict) -> str:
         if self.run_log is not None:
@@ -85,8 +91,13 @@ class _Sinks:
         if _LEVELS.get(str(event.get("level", "info")), 20) < self.stderr_level:
             raise structlog.DropEvent
         if self.stderr_json:
-            return json.dumps(event, default=str, ensure_ascii=False)
-        return str(self.console(logger, name, dict(event)))
+            line = json.dumps(event, default=str, ensure_ascii=False)
+        else:
+            line = str(self.console(logger, name, dict(event)))
+        if self.echo is not None:
+            self.echo(line)
+            raise structlog.DropEvent
+        return line
 
 
 SINKS = _Sinks()
@@ -100,8 +111,10 @@ def configure(
 ) -> None:
     """Configure structlog once per process; call again only to change where lines go."""
     stream = stream or sys.stderr
-    SINKS.stderr_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
+    tty = stream.isatty()
+    SINKS.stderr_json = log_format == "json" or (log_format == "auto" and not tty)
     SINKS.stderr_level = _LEVELS.get(level, 20)
+    SINKS.console = structlog.dev.ConsoleRenderer(colors=tty)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -121,6 +134,21 @@ def open_run_log(path: Path, secrets: Iterable[str]) -> None:
     close_run_log()
     PRIVACY.secrets.update(s for s in secrets if s)
     SINKS.run_log = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close_run_log
+
+
+def add_secrets(*values: str) -> None:
+    """Blank these values wherever they appear in later events (e.g. a freshly issued token)."""
+    PRIVACY.secrets.update(v for v in values if v)
+
+
+@contextmanager
+def echo_through(echo: Callable[[str], None]) -> Iterator[None]:
+    """Send stderr log lines to `echo` (a live display's console) for the duration."""
+    previous, SINKS.echo = SINKS.echo, echo
+    try:
+        yield
+    finally:
+        SINKS.echo = previous
 
 
 def close_run_log() -> None:
