@@ -1,0 +1,139 @@
+"""Shared fixtures: the simulator on a real loopback port, job files on disk, the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from batcher.simulator.profile import Profile, profile_from_dict
+from batcher.simulator.server import SimulatorThread
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_ENV = {
+    "CAPILLARY_USERNAME": "demo.till",
+    "CAPILLARY_PASSWORD": "demo-password",
+    "CAPILLARY_CLIENT_KEY": "demo-key",
+    "CAPILLARY_CLIENT_SECRET": "demo-secret",
+}
+
+
+def mobile(i: int) -> str:
+    """The mobile of the simulator's generated customer i."""
+    return f"9198{i:08d}"
+
+
+def clean_profile(**sections: Any) -> Profile:
+    """A well-behaved profile (no faults, no latency, no quota) with the given TOML sections."""
+    data: dict[str, Any] = {"seed": 7, "state": {"customers": 100_000, "program_count": 5}}
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return profile_from_dict(data)
+
+
+@pytest.fixture
+def simulator() -> Iterator[Callable[[Profile], SimulatorThread]]:
+    """Start simulators on loopback ports; all are stopped after the test."""
+    started: list[SimulatorThread] = []
+
+    def start(profile: Profile) -> SimulatorThread:
+        sim = SimulatorThread(profile)
+        sim.start()
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        sim.stop()
+
+
+def write_pairs(
+    path: Path, customers: range, programs: list[str], *, extra: bool = True
+) -> int:
+    """Write a CSV or Parquet of (mobile, program) pairs; returns the number of rows."""
+    data = {
+        "mobile": [mobile(i) for i in customers for _ in programs],
+        "partner_program_name": [p for _ in customers for p in programs],
+    }
+    if extra:
+        data["region"] = [f"r{i % 7}" for i in customers for _ in programs]
+    frame = pl.DataFrame(data)
+    if path.suffix == ".parquet":
+        frame.write_parquet(path)
+    else:
+        frame.write_csv(path)
+    return frame.height
+
+
+def write_job(
+    directory: Path,
+    base_url: str,
+    *,
+    input_path: str = "pairs.csv",
+    name: str = "e2e",
+    api: Mapping[str, Any] | None = None,
+    retry: Mapping[str, Any] | None = None,
+    extra: str = "",
+) -> Path:
+    """A job file pointing at `base_url`, with fast retries unless told otherwise."""
+    api_values = {"rate": "1000/second", "max_in_flight": 8, "timeout_seconds": 5, **(api or {})}
+    retry_values = {
+        "max_attempts": 6,
+        "backoff_base_seconds": 0.05,
+        "backoff_max_seconds": 0.5,
+        **(retry or {}),
+    }
+
+    def toml(values: Mapping[str, Any]) -> str:
+        return "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+
+    text = (
+        f'name = "{name}"\n[input]\npath = "{input_path}"\nidentifier = "mobile"\n'
+        f'[api]\nbase_url = "{base_url}"\n{toml(api_values)}\n'
+        f"[retry]\n{toml(retry_values)}\n"
+        f'[output]\ndir = "{directory / "out"}"\n{extra}'
+    )
+    path = directory / "job.toml"
+    path.write_text(text)
+    return path
+
+
+def run_cli(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 240,
+) -> subprocess.CompletedProcess[str]:
+    """Run `batcher ...` in a subprocess, as an operator (or a scheduler) would."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CAPILLARY_")}
+    full_env.update(env if env is not None else DEMO_ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "batcher.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def only_run_dir(out: Path, job: str = "e2e") -> Path:
+    """The newest run folder of a job."""
+    runs = sorted(p for p in (out / job).iterdir() if p.is_dir())
+    assert runs, f"no run folder under {out / job}"
+    return runs[-1]
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "summary.json").read_text())
