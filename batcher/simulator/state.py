@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,32 @@ def lookup_key(identifier: str, value: str) -> str:
 class PairCounter:
     attempts: int = 0  # times a delink of this pair was processed
     delinked: int = 0  # times it answered success
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.requests = 0
+        self.by_status: Counter[str] = Counter()
+        self.delink_requests = 0
+        self.customers = 0
+        self.items = 0
+        self.throttled = 0
+        self.auth_failures = 0
+        self.tokens_issued = 0
+        self.faults: Counter[str] = Counter()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "by_status": dict(self.by_status),
+            "delink_requests": self.delink_requests,
+            "customers": self.customers,
+            "items": self.items,
+            "throttled": self.throttled,
+            "auth_failures": self.auth_failures,
+            "tokens_issued": self.tokens_issued,
+            "faults": dict(self.faults),
+        }
 
 
 class State:
