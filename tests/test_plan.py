@@ -1,0 +1,105 @@
+"""Planning: every pair exactly once, limits respected, no customer twice per request, stable."""
+
+from __future__ import annotations
+
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batcher.plan import build_plan
+
+
+def pairs_of(rows: list[tuple[str, str]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"_key": list(range(len(rows))), "_customer": [c for c, _ in rows],
+         "_program": [p for _, p in rows]},
+        schema_overrides={"_key": pl.Int64},
+    )
+
+
+def test_groups_programs_per_customer_in_first_appearance_order() -> None:
+    plan = build_plan(pairs_of([("b", "p1"), ("a", "p1"), ("b", "p2"), ("c", "p1")]), 50, 50)
+    (req,) = list(plan.iter_requests("mobile"))
+    assert [(e.customer, e.programs) for e in req.entries] == [
+        ("b", ("p1", "p2")), ("a", ("p1",)), ("c", ("p1",)),
+    ]
+    assert req.keys == ((0, 2), (1,), (3,))
+    assert req.body("mobile") == {"deLinkCustomers": [
+        {"customer": {"mobile": "b"}, "deLinkFromPartnerPrograms": [
+            {"partnerProgramName": "p1"}, {"partnerProgramName": "p2"}]},
+        {"customer": {"mobile": "a"}, "deLinkFromPartnerPrograms": [{"partnerProgramName": "p1"}]},
+        {"customer": {"mobile": "c"}, "deLinkFromPartnerPrograms": [{"partnerProgramName": "p1"}]},
+    ]}
+    assert (plan.customers, plan.requests) == (3, 1)
+
+
+def test_split_customer_never_shares_a_request_with_itself() -> None:
+    rows = [("a", f"p{i}") for i in range(5)] + [("b", "p0")]
+    plan = build_plan(pairs_of(rows), customers_per_request=10, programs_per_customer=2)
+    requests = list(plan.iter_requests("mobile"))
+    assert [[(e.customer, len(e.programs)) for e in r.entries] for r in requests] == [
+        [("a", 2), ("b", 1)], [("a", 2)], [("a", 1)],
+    ]
+    assert [r.index for r in requests] == [0, 1, 2] and plan.requests == 3
+
+
+def test_empty_pairs_plan_nothing() -> None:
+    plan = build_plan(pairs_of([]), 50, 50)
+    assert (plan.customers, plan.requests, list(plan.iter_requests("mobile"))) == (0, 0, [])
+
+
+def test_subset_of_keys_is_planned_by_key_order() -> None:
+    frame = pl.DataFrame(
+        {"_key": [9, 3, 5], "_customer": ["x", "y", "x"], "_program": ["a", "b", "c"]}
+    )
+    (req,) = list(build_plan(frame, 50, 50).iter_requests("email"))
+    assert [e.customer for e in req.entries] == ["y", "x"]
+    assert req.keys == ((3,), (5, 9))
+
+
+def test_streams_across_slices(monkeypatch: object) -> None:
+    import batcher.plan as plan_module
+
+    setattr(plan_module, "_SLICE_ROWS", 7)  # noqa: B010 - force many slice boundaries
+    try:
+        rows = [(f"c{i % 13}", f"p{i}") for i in range(100)]
+        plan = build_plan(pairs_of(rows), 3, 4)
+        got = sorted(k for r in plan.iter_requests("mobile") for ks in r.keys for k in ks)
+        assert got == list(range(100))
+    finally:
+        setattr(plan_module, "_SLICE_ROWS", 65_536)  # noqa: B010
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abcdefgh"), st.sampled_from(["p1", "p2", "p3", "p4", "p5"])),
+        unique=True,
+        max_size=40,
+    ),
+    st.integers(1, 5),
+    st.integers(1, 4),
+)
+def test_every_pair_exactly_once_within_limits_and_deterministic(
+    rows: list[tuple[str, str]], per_request: int, per_customer: int
+) -> None:
+    frame = pairs_of(rows)
+    plan = build_plan(frame, per_request, per_customer)
+    requests = list(plan.iter_requests("mobile"))
+    seen: list[tuple[str, str]] = []
+    for n, req in enumerate(requests):
+        assert req.index == n
+        customers = [e.customer for e in req.entries]
+        assert 0 < len(customers) <= per_request
+        assert len(set(customers)) == len(customers)
+        for entry, keys in zip(req.entries, req.keys, strict=True):
+            assert 0 < len(entry.programs) <= per_customer
+            assert len(keys) == len(entry.programs)
+            for program, key in zip(entry.programs, keys, strict=True):
+                assert rows[key] == (entry.customer, program)
+                seen.append((entry.customer, program))
+    assert sorted(seen) == sorted(rows)
+    assert plan.requests == len(requests)
+    assert plan.customers == len({c for c, _ in rows})
+    again = list(build_plan(frame, per_request, per_customer).iter_requests("mobile"))
+    assert again == requests
