@@ -72,6 +72,15 @@ def validate(job_file: str, input_path: str | None, output_dir: str | None) -> N
 @click.option("--dry-run", is_flag=True, help="Validate and plan only (same as `validate`).")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @click.option(
+    "--progress-every",
+    "progress_every_s",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Off a terminal: log a run.progress line this often (on a terminal: a live bar).",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["auto", "console", "json"]),
     default="auto",
@@ -86,6 +95,7 @@ def run(
     base_url: str | None,
     dry_run: bool,
     quiet: bool,
+    progress_every_s: float,
     log_format: str,
 ) -> None:
     """Delink every valid pair of JOB_FILE's input and write an outcome for every row."""
@@ -105,7 +115,12 @@ def run(
     from batcher.summary import print_run_summary
 
     logs.configure(log_format=log_format, level="warning" if quiet else "info")  # type: ignore[arg-type]
-    result = execute(job)
+    from batcher.progress import Progress
+
+    progress = Progress.choose(
+        quiet=quiet, quota_per_s=job.api.quota.rate_per_s, every_s=progress_every_s
+    )
+    result = execute(job, progress=progress)
     print_run_summary(result.summary, result.run_dir, Console())
     sys.exit(result.exit_code)
 

@@ -178,13 +178,21 @@ def execute(
             from dataclasses import replace
 
             sender_job = replace(job, api=replace(job.api, base_url=base_url))
-            return Sender(sender_job, requests, journal, auth, stats=stats)
+            senders.append(Sender(sender_job, requests, journal, auth, stats=stats))
+            return senders[-1]
+
+        senders: list[Sender] = []  # the progress display reads the pacer's state
+
+        def pace() -> Any:
+            return senders[-1].pacer.state if senders else None
 
         sender: Sender | None = None
         interrupted_hard = False
         try:
             sender = asyncio.run(
-                _run_with_progress(job, credentials, make_sender, progress, journal)
+                _run_with_progress(
+                    job, credentials, make_sender, progress, (journal, stats, pace)
+                )
             )
         except (KeyboardInterrupt, asyncio.CancelledError):
             interrupted_hard = True
@@ -270,11 +278,12 @@ def execute(
 
 
 async def _run_with_progress(
-    job: Job, credentials: Credentials, make_sender: Any, progress: Any, journal: Journal
+    job: Job, credentials: Credentials, make_sender: Any, progress: Any, watch: tuple[Any, ...]
 ) -> Sender:
     if progress is None:
         return await _send_all(job, credentials, make_sender)
-    async with progress.live(journal):
+    # watch = (journal, stats, pace): what the display reads (see batcher.progress.Progress.live).
+    async with progress.live(*watch):
         return await _send_all(job, credentials, make_sender)
 
 
