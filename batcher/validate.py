@@ -85,7 +85,7 @@ def plan_summary(job: Job, run_id: str, source: Source, plan: Plan) -> dict[str,
 
 def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
     """A short human summary: what the file holds and what would be sent."""
-    console = console or Console(highlight=False)
+    console = console or Console(highlight=False, soft_wrap=True)
     inp = summary["input"]
     files = inp["files"]
     what = files[0]["path"] if len(files) == 1 else f"{len(files)} files"
