@@ -32,6 +32,7 @@ from batcher.outcomes import (
     utc_now,
 )
 from batcher.plan import build_plan
+from batcher.report import write_report
 from batcher.rundir import create_run_dir, write_json
 from batcher.send import RunStats, Sender, make_session
 from batcher.source import Source, load_source
@@ -271,6 +272,7 @@ def execute(
         )
         assert sum(counts.values()) == source.row_count, "every row has exactly one outcome"
         write_json(run_dir / "summary.json", summary)
+        write_report(summary, run_dir)
         log.info("run.finished", counts=counts, exit_code=exit_code, elapsed_s=round(elapsed_s, 3))
         return RunResult(run_id, run_dir, exit_code, summary)
     finally:
