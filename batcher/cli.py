@@ -143,5 +143,36 @@ def simulate(host: str, port: int, profile_path: str | None) -> None:
     serve_forever(host=host, port=port, profile_path=profile_path)
 
 
+@main.command()
+@click.argument("job", required=False)
+@_output_option
+@_friendly_errors
+def runs(job: str | None, output_dir: str | None) -> None:
+    """List past runs of JOB (a job file or a job name; all jobs if omitted), newest first."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from batcher.history import list_all_runs, list_runs, print_runs
+
+    if job is not None and (job.endswith(".toml") or Path(job).is_file()):
+        from batcher.job import load_job
+        from batcher.rundir import job_output_dir
+
+        loaded = load_job(job).with_overrides(output_dir=output_dir)
+        found = list_runs(job_output_dir(loaded))
+        where = job_output_dir(loaded)
+    else:
+        base = Path(output_dir or "output").resolve()
+        where = base / job if job else base
+        found = list_runs(where) if job else list_all_runs(base)
+    if not found:
+        raise BatcherError(
+            f"No runs found under {where}.",
+            hint="Pass the job file (its output.dir is used) or --output DIR.",
+        )
+    print_runs(found, Console())
+
+
 if __name__ == "__main__":
     main()
