@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from batcher.logs import mask_text
 from batcher.outcomes import STATUSES
 
 
@@ -26,7 +29,8 @@ def next_step(summary: dict[str, Any], run_dir: Path) -> str | None:
 def print_run_summary(summary: dict[str, Any], run_dir: Path, console: Console) -> None:
     rows = summary["input"]["rows"]
     counts = summary["counts"]
-    table = Table(title=f"{summary['job']} · run {summary['run_id']}", title_justify="left")
+    # Job names, API messages and paths are data: rendered as Text so `[` is never markup.
+    table = Table(title=Text(f"{summary['job']} · run {summary['run_id']}"), title_justify="left")
     table.add_column("status")
     table.add_column("rows", justify="right")
     table.add_column("share", justify="right")
@@ -45,7 +49,12 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path, console: Console) 
         ct.add_column("status")
         ct.add_column("rows", justify="right")
         for c in codes[:8]:
-            ct.add_row(str(c["code"]), str(c["message"] or ""), c["status"], f"{c['rows']:,}")
+            ct.add_row(
+                str(c["code"]),
+                Text(mask_text(str(c["message"] or ""))),
+                Text(str(c["status"])),
+                f"{c['rows']:,}",
+            )
         console.print(ct)
 
     quota = summary.get("quota_requests_per_second") or 0
@@ -58,11 +67,16 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path, console: Console) 
         f" · elapsed {summary.get('elapsed_seconds', 0):.1f} s"
     )
     if summary.get("abort"):
-        console.print(f"[bold red]Stopped:[/] {summary['abort']}")
+        console.print(f"[bold red]Stopped:[/] {escape(str(summary['abort']))}")
     elif summary.get("stopped"):
-        console.print(f"[bold yellow]Stopped:[/] {summary['stopped']}")
-    console.print(f"files: {run_dir}")
+        console.print(f"[bold yellow]Stopped:[/] {escape(str(summary['stopped']))}")
+    console.print(Text(f"files: {run_dir}"))
+    names = [Path(p).name for p in (summary.get("files") or {}).values() if p]
+    if (run_dir / "report.html").exists():
+        names.append("report.html")
+    if names:
+        console.print(Text("  " + ", ".join(names)))
     step = next_step(summary, run_dir)
     if step:
-        console.print(f"next: [bold]{step}[/]")
+        console.print(f"next: [bold]{escape(step)}[/]")
     console.print(f"exit code {summary['exit_code']}")
