@@ -85,21 +85,29 @@ class Plan:
             yield PlannedRequest(index, tuple(entries), tuple(keys), identifier)
 
 
+def _by_first_appearance(pairs: pl.LazyFrame, customer: pl.Expr) -> pl.DataFrame:
+    return (
+        pairs.with_columns(_first=pl.col("_key").min().over(customer))
+        .sort("_first", maintain_order=True)  # stable: each customer's rows stay in input order
+        .collect()
+    )
+
+
 def build_plan(
     pairs: pl.DataFrame, customers_per_request: int, programs_per_customer: int
 ) -> Plan:
     """Plan requests for `pairs` (columns _key, _customer, _program; any subset of valid rows)."""
     if customers_per_request < 1 or programs_per_customer < 1:
         raise ValueError("customers_per_request and programs_per_customer must be positive")
-    ordered = (
-        pairs.lazy()
-        .select(pl.col("_key").cast(pl.Int64), "_customer", "_program")
-        .sort("_key")
-        # Customer order is first appearance: a customer is known by its first row's _key.
-        .with_columns(_first=pl.col("_key").min().over("_customer"))
-        .sort("_first", maintain_order=True)  # stable: each customer's rows stay in input order
-        .collect()
-    )
+    base = pairs.lazy().select(pl.col("_key").cast(pl.Int64), "_customer", "_program").sort("_key")
+    # Customer order is first appearance: a customer is known by its first row's _key. Grouping
+    # on a 64-bit hash of the customer is much cheaper than on the string; a collision would
+    # merge two customers, which the check below sees, and then the exact grouping runs.
+    ordered = _by_first_appearance(base, pl.col("_customer").hash())
+    same_customer = pl.col("_customer") == pl.col("_customer").shift(1)
+    same_first = pl.col("_first") == pl.col("_first").shift(1)
+    if ordered.select((same_customer == same_first).all()).item() not in (True, None):
+        ordered = _by_first_appearance(base, pl.col("_customer"))
     # Rows of one customer are now contiguous and in input order: number them without hashing.
     index = pl.int_range(pl.len(), dtype=pl.Int64)
     new_customer = pl.col("_first") != pl.col("_first").shift(1, fill_value=-1)

@@ -43,6 +43,10 @@ REASONS = (
     "program_too_long",
 )
 
+# Enums, not free text: 10M rows of "valid" would cost more memory than the data itself.
+STATUS = pl.Enum(["valid", "rejected", "duplicate"])
+REASON = pl.Enum(list(REASONS))
+
 MOBILE_DIGITS_MIN, MOBILE_DIGITS_MAX = 8, 15
 EXTERNAL_ID_MAX_CHARS = 150
 PROGRAM_MAX_CHARS = 100
@@ -76,7 +80,8 @@ class Source:
 
     `rows` columns: _key (Int64, 0..N-1 global order), row (Int64, 1-based per file), source_file,
     the original columns, _customer, _program (normalised; null when rejected), status
-    ("valid" | "rejected" | "duplicate"), reason, message, duplicate_of (Int64 row number).
+    (Enum: valid | rejected | duplicate), reason (Enum of REASONS), message, duplicate_of
+    (Int64 row number of the first occurrence).
     """
 
     files: list[InputFile]
@@ -95,12 +100,11 @@ class Source:
 
     def counts(self) -> dict[str, int]:
         """Rows per status; always has the three keys, and they add up to the rows read."""
-        got = dict(self.rows.group_by("status").len().iter_rows())
+        got = dict(self.rows.get_column("status").value_counts().iter_rows())
         return {s: int(got.get(s, 0)) for s in ("valid", "rejected", "duplicate")}
 
     def reason_counts(self) -> dict[str, int]:
-        frame = self.rows.filter(pl.col("reason").is_not_null()).group_by("reason").len()
-        got = dict(frame.iter_rows())
+        got = dict(self.rows.get_column("reason").drop_nulls().value_counts().iter_rows())
         return {r: int(got[r]) for r in REASONS if r in got}
 
     def pairs(self) -> pl.DataFrame:
@@ -429,34 +433,55 @@ def validate_rows(
     customer = (
         pl.col("_value").first().over("_ckey") if identifier == "email" else pl.col("_value")
     )
-    lf = lf.with_columns(
+    # Duplicates: group on a 64-bit hash of (customer, program), far cheaper than on two
+    # strings; every hash match is then checked on the real values, and the exact (slow)
+    # grouping runs only if a collision ever shows up.
+    pair_hash = pl.struct("_ckey", "_program").hash()
+    checked = lf.with_columns(
         _customer=pl.when(valid).then(customer),
-        _first=pl.when(valid).then(pl.col("_key").min().over("_ckey", "_program")),
-    ).with_columns(_duplicate=valid & (pl.col("_first") != pl.col("_key")))
-    duplicate = pl.col("_duplicate")
-    first_row = pl.col("row").gather(pl.col("_first"))
-    first_file = pl.col("source_file").gather(pl.col("_first"))
+        _first=pl.when(valid).then(pl.col("_key").min().over(pair_hash)),
+    ).collect()
+    candidates = checked.filter(pl.col("_first") != pl.col("_key"))
+    if candidates.height:
+        firsts = checked.select("_ckey", "_program")[candidates.get_column("_first")]
+        same = (firsts.get_column("_ckey") == candidates.get_column("_ckey")) & (
+            firsts.get_column("_program") == candidates.get_column("_program")
+        )
+        if not same.all():
+            checked = checked.with_columns(
+                _first=pl.when(pl.col("_problem") == 0).then(
+                    pl.col("_key").min().over("_ckey", "_program")
+                )
+            )
     reasons = {n: r for n, (r, _) in enumerate(problems, 1)}
     messages = {n: m for n, (_, m) in enumerate(problems, 1)}
-    lf = lf.with_columns(
-        status=pl.when(duplicate).then(pl.lit("duplicate"))
-        .when(valid).then(pl.lit("valid"))
-        .otherwise(pl.lit("rejected")),
-        reason=pl.col("_problem").replace_strict(reasons, default=None, return_dtype=pl.String),
-        duplicate_of=pl.when(duplicate).then(first_row),
-        message=pl.when(duplicate & (first_file != pl.col("source_file"))).then(
-            pl.format("same customer and program as row {} of {}", first_row, first_file)
-        ).when(duplicate).then(
-            pl.format("same customer and program as row {}", first_row)
-        ).otherwise(
-            pl.col("_problem").replace_strict(messages, default=None, return_dtype=pl.String)
-        ),
+    problem = pl.col("_problem")
+    duplicate = pl.col("_first") != pl.col("_key")
+    status = (
+        pl.when(problem > 0).then(pl.lit("rejected", STATUS))
+        .when(duplicate).then(pl.lit("duplicate", STATUS))
+        .otherwise(pl.lit("valid", STATUS))
     )
+    message = problem.replace_strict(messages, default=None, return_dtype=pl.String)
+    duplicate_of = pl.lit(None, dtype=pl.Int64)
+    if candidates.height:
+        first_row = pl.col("row").gather(pl.col("_first"))
+        first_file = pl.col("source_file").gather(pl.col("_first"))
+        duplicate_of = pl.when(duplicate).then(first_row)
+        message = (
+            pl.when(duplicate & (first_file != pl.col("source_file")))
+            .then(pl.format("same customer and program as row {} of {}", first_row, first_file))
+            .when(duplicate).then(pl.format("same customer and program as row {}", first_row))
+            .otherwise(message)
+        )
     originals = [c for c in frame.columns if c not in ("_key", "row", "source_file")]
-    return lf.select(
-        "_key", "row", "source_file", *originals,
-        "_customer", "_program", "status", "reason", "message", "duplicate_of",
-    ).collect()
+    return checked.select(
+        "_key", "row", "source_file", *originals, "_customer", "_program",
+        status.alias("status"),
+        problem.replace_strict(reasons, default=None, return_dtype=REASON).alias("reason"),
+        message.alias("message"),
+        duplicate_of.alias("duplicate_of"),
+    )
 
 
 def load_source(job: Job) -> Source:
