@@ -25,8 +25,18 @@ Format = Literal["csv", "parquet"]
 # would be overwritten, so it is renamed to input_<name> (or dropped, for a fed-back failures
 # file). The underscore names are internal to `Source.rows`.
 OUTPUT_COLUMNS = (
-    "row", "source_file", "status", "reason", "message", "duplicate_of", "code",
-    "customer_id", "request_id", "attempts", "finished_at", "note",
+    "row",
+    "source_file",
+    "status",
+    "reason",
+    "message",
+    "duplicate_of",
+    "code",
+    "customer_id",
+    "request_id",
+    "attempts",
+    "finished_at",
+    "note",
 )
 INTERNAL_COLUMNS = ("_key", "_customer", "_program")
 # A batcher failures file ends with these; fed back as input, they describe the old run.
@@ -109,9 +119,7 @@ class Source:
 
     def pairs(self) -> pl.DataFrame:
         """The valid rows as the planner wants them: _key, _customer, _program."""
-        return self.rows.filter(pl.col("status") == "valid").select(
-            "_key", "_customer", "_program"
-        )
+        return self.rows.filter(pl.col("status") == "valid").select("_key", "_customer", "_program")
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -298,8 +306,12 @@ def _read_file(
 
     if not names:  # an empty file: zero rows, nothing to complain about
         empty = pl.DataFrame(
-            schema={"row": pl.Int64, "source_file": pl.String,
-                    inp.identifier_column: pl.String, inp.program_column: pl.String}
+            schema={
+                "row": pl.Int64,
+                "source_file": pl.String,
+                inp.identifier_column: pl.String,
+                inp.program_column: pl.String,
+            }
         )
         return empty, inp.identifier_column, inp.program_column
 
@@ -364,12 +376,16 @@ def _text(column: str) -> pl.Expr:
 def _problems(identifier: Identifier, id_column: str, program_column: str) -> list[tuple[str, str]]:
     identifier_problems = {
         "mobile": [
-            ("mobile_in_scientific_notation",
-             "mobile is in scientific notation (a spreadsheet turned it into a number and lost "
-             "digits); re-export the column as text"),
-            ("invalid_mobile",
-             f"mobile is not {MOBILE_DIGITS_MIN} to {MOBILE_DIGITS_MAX} digits with the country "
-             "code (after removing spaces, dashes, parentheses and a leading +)"),
+            (
+                "mobile_in_scientific_notation",
+                "mobile is in scientific notation (a spreadsheet turned it into a number and lost "
+                "digits); re-export the column as text",
+            ),
+            (
+                "invalid_mobile",
+                f"mobile is not {MOBILE_DIGITS_MIN} to {MOBILE_DIGITS_MAX} digits with the country "
+                "code (after removing spaces, dashes, parentheses and a leading +)",
+            ),
         ],
         "email": [("invalid_email", "email needs exactly one @, a dot in the domain, no spaces")],
         "externalId": [
@@ -416,8 +432,8 @@ def validate_rows(
     ]
     problem: pl.Expr = pl.lit(0, dtype=pl.UInt8)
     for number in range(len(conditions), 0, -1):  # the first failing check wins
-        problem = pl.when(conditions[number - 1]).then(pl.lit(number, dtype=pl.UInt8)).otherwise(
-            problem
+        problem = (
+            pl.when(conditions[number - 1]).then(pl.lit(number, dtype=pl.UInt8)).otherwise(problem)
         )
     lf = (
         frame.lazy()
@@ -428,17 +444,18 @@ def validate_rows(
     valid = pl.col("_problem") == 0
     # The dedupe key of a customer: emails compare case-insensitively.
     key = pl.col("_value").str.to_lowercase() if identifier == "email" else pl.col("_value")
-    lf = lf.with_columns(_ckey=pl.when(valid).then(key), _program=pl.when(valid).then(prog_text))
+    # _ckey is not nulled for rejected rows (a string copy per row): the pair hash below
+    # includes _problem, so rejected rows never group with valid ones.
+    lf = lf.with_columns(_ckey=pl.when(valid).then(key) if identifier == "email" else key)
     # One customer, one spelling on the wire: for emails, the first occurrence's trimmed value.
-    customer = (
-        pl.col("_value").first().over("_ckey") if identifier == "email" else pl.col("_value")
-    )
+    customer = pl.col("_value").first().over("_ckey") if identifier == "email" else pl.col("_value")
     # Duplicates: group on a 64-bit hash of (customer, program), far cheaper than on two
     # strings; every hash match is then checked on the real values, and the exact (slow)
     # grouping runs only if a collision ever shows up.
-    pair_hash = pl.struct("_ckey", "_program").hash()
+    pair_hash = pl.struct("_problem", "_ckey", "_program").hash()
     checked = lf.with_columns(
         _customer=pl.when(valid).then(customer),
+        _program=pl.when(valid).then(prog_text),
         _first=pl.when(valid).then(pl.col("_key").min().over(pair_hash)),
     ).collect()
     candidates = checked.filter(pl.col("_first") != pl.col("_key"))
@@ -458,8 +475,10 @@ def validate_rows(
     problem = pl.col("_problem")
     duplicate = pl.col("_first") != pl.col("_key")
     status = (
-        pl.when(problem > 0).then(pl.lit("rejected", STATUS))
-        .when(duplicate).then(pl.lit("duplicate", STATUS))
+        pl.when(problem > 0)
+        .then(pl.lit("rejected", STATUS))
+        .when(duplicate)
+        .then(pl.lit("duplicate", STATUS))
         .otherwise(pl.lit("valid", STATUS))
     )
     message = problem.replace_strict(messages, default=None, return_dtype=pl.String)
@@ -471,12 +490,18 @@ def validate_rows(
         message = (
             pl.when(duplicate & (first_file != pl.col("source_file")))
             .then(pl.format("same customer and program as row {} of {}", first_row, first_file))
-            .when(duplicate).then(pl.format("same customer and program as row {}", first_row))
+            .when(duplicate)
+            .then(pl.format("same customer and program as row {}", first_row))
             .otherwise(message)
         )
     originals = [c for c in frame.columns if c not in ("_key", "row", "source_file")]
     return checked.select(
-        "_key", "row", "source_file", *originals, "_customer", "_program",
+        "_key",
+        "row",
+        "source_file",
+        *originals,
+        "_customer",
+        "_program",
         status.alias("status"),
         problem.replace_strict(reasons, default=None, return_dtype=REASON).alias("reason"),
         message.alias("message"),
@@ -507,9 +532,7 @@ def load_source(job: Job) -> Source:
         frames.append(frame)
         columns += [c for c in frame.columns[2:] if c not in columns]
     try:
-        combined = (
-            frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
-        )
+        combined = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
     except pl.exceptions.PolarsError as e:
         raise InputError(
             f"The files of {job.input_pattern()} cannot be combined: {e}.",
