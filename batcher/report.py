@@ -109,9 +109,7 @@ def chart_svg(timeline: list[dict[str, Any]], quota_per_s: float) -> str:
     ticks = max(1, span // 10)
     for s in range(0, span, ticks):
         x = PAD_L + (s + 0.4) * bar_w
-        parts.append(
-            f'<text x="{x:.1f}" y="{PAD_T + plot_h + 14}" text-anchor="middle">{s}</text>'
-        )
+        parts.append(f'<text x="{x:.1f}" y="{PAD_T + plot_h + 14}" text-anchor="middle">{s}</text>')
     parts.append(
         f'<text x="{PAD_L + plot_w / 2:.1f}" y="{CHART_H - 6}" text-anchor="middle">'
         "seconds since the first request · blue: requests/s · red: throttled answers/s</text>"
