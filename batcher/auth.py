@@ -68,7 +68,8 @@ def credentials_from_env(auth: str, env: Mapping[str, str] | None = None) -> Cre
             missing.append(f"{ENV_PASSWORD} (or {ENV_PASSWORD_MD5})")
         if missing:
             raise CredentialsError(
-                f'auth = "basic" needs {" and ".join(missing)} in the environment; nothing was sent.',
+                f'auth = "basic" needs {" and ".join(missing)} in the environment; '
+                "nothing was sent.",
                 hint=f"Export {ENV_USERNAME} and {ENV_PASSWORD} (the tool hashes it) or "
                 f"{ENV_PASSWORD_MD5} (already hashed), then run again.",
             )
@@ -177,7 +178,8 @@ class Authenticator:
                     first = body["errors"][0]
                     code = first.get("code") if isinstance(first, dict) else None
                 raise AuthRefused(
-                    f"The API refused the OAuth client key and secret (HTTP {status}, code {code}).",
+                    "The API refused the OAuth client key and secret "
+                    f"(HTTP {status}, code {code}).",
                     hint=f"Check {ENV_CLIENT_KEY} and {ENV_CLIENT_SECRET}.",
                 )
             ttl_s = data.get("ttlSeconds") if isinstance(data, dict) else None

@@ -137,11 +137,10 @@ def parse_response(identifier: str, body: object) -> tuple[list[CustomerResult],
     """
     if not isinstance(body, Mapping):
         raise ShapeError("response is not a JSON object")
-    for customers_key, programs_key, status_key in _SHAPES:
-        if customers_key in body:
-            break
-    else:
+    shape = next((s for s in _SHAPES if s[0] in body), None)
+    if shape is None:
         raise ShapeError(f"response has neither {_SHAPES[0][0]} nor {_SHAPES[1][0]}")
+    customers_key, programs_key, status_key = shape
     customers = body[customers_key]
     if not isinstance(customers, list):
         raise ShapeError(f"{customers_key} is not a list")

@@ -26,9 +26,7 @@ def neutralise_formula(column: str) -> pl.Expr:
     return pl.when(risky).then(pl.lit("'") + col).otherwise(col).alias(column)
 
 
-def write_table(
-    frame: pl.DataFrame | pl.LazyFrame, path: str | Path, fmt: TableFormat
-) -> Path:
+def write_table(frame: pl.DataFrame | pl.LazyFrame, path: str | Path, fmt: TableFormat) -> Path:
     """Write `frame` to `path` as CSV or Parquet: via a temporary file, then an atomic rename."""
     path = Path(path)
     data = frame.collect() if isinstance(frame, pl.LazyFrame) else frame

@@ -63,7 +63,8 @@ class Pacer:
             self._last_change = self._loop_time()
         # One waiter at a time on the limiter, so a pace change applies to the very next slot.
         async with self._lock:
-            while (wait_s := self.state.paused_until - self._loop_time()) > 0:
+            # The deadline can move while we sleep (another throttle): sleep until it holds.
+            while (wait_s := self.state.paused_until - self._loop_time()) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(wait_s)
             self._climb()
             assert self._limiter is not None

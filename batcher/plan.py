@@ -93,9 +93,7 @@ def _by_first_appearance(pairs: pl.LazyFrame, customer: pl.Expr) -> pl.DataFrame
     )
 
 
-def build_plan(
-    pairs: pl.DataFrame, customers_per_request: int, programs_per_customer: int
-) -> Plan:
+def build_plan(pairs: pl.DataFrame, customers_per_request: int, programs_per_customer: int) -> Plan:
     """Plan requests for `pairs` (columns _key, _customer, _program; any subset of valid rows)."""
     if customers_per_request < 1 or programs_per_customer < 1:
         raise ValueError("customers_per_request and programs_per_customer must be positive")
@@ -113,7 +111,7 @@ def build_plan(
     new_customer = pl.col("_first") != pl.col("_first").shift(1, fill_value=-1)
     ordered = ordered.with_columns(
         _new_customer=new_customer,
-        _round=(index - pl.when(new_customer).then(index).forward_fill()) // programs_per_customer
+        _round=(index - pl.when(new_customer).then(index).forward_fill()) // programs_per_customer,
     )
     rounds = 0 if ordered.height == 0 else int(ordered.get_column("_round").max())  # type: ignore[arg-type]
     if rounds > 0:
@@ -126,7 +124,9 @@ def build_plan(
     slot = entry_in_round // customers_per_request
     new_request = new_round | (slot != slot.shift(1, fill_value=-1))
     planned = ordered.select(
-        "_key", "_customer", "_program",
+        "_key",
+        "_customer",
+        "_program",
         _request=new_request.cast(pl.Int64).cum_sum() - 1,
     )
     requests = 0 if planned.height == 0 else int(planned.get_column("_request").max()) + 1  # type: ignore[arg-type]

@@ -29,9 +29,7 @@ def _now() -> str:
 
 def plan_source(job: Job, source: Source) -> Plan:
     """The plan for every valid row of `source`, with the job's batch limits."""
-    return build_plan(
-        source.pairs(), job.api.customers_per_request, job.api.programs_per_customer
-    )
+    return build_plan(source.pairs(), job.api.customers_per_request, job.api.programs_per_customer)
 
 
 def reject_columns(source: Source) -> list[str]:
