@@ -11,11 +11,15 @@ import os
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import ParamSpec, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
 from batcher.errors import BatcherError
+
+if TYPE_CHECKING:
+    from batcher.run import RunResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -64,29 +68,67 @@ def validate(job_file: str, input_path: str | None, output_dir: str | None) -> N
     sys.exit(validate_job(job))
 
 
+def _run_options(fn: Callable[P, R]) -> Callable[P, R]:
+    """Options every command that sends shares: how it shows progress and logs."""
+    fn = click.option(
+        "--log-format",
+        type=click.Choice(["auto", "console", "json"]),
+        default="auto",
+        show_default=True,
+        help="Log lines on stderr: console for humans, json for aggregators "
+        "(auto: json unless a tty).",
+    )(fn)
+    fn = click.option(
+        "--progress-every",
+        "progress_every_s",
+        type=click.FloatRange(min=0.1),
+        default=10.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="Off a terminal: log a run.progress line this often (on a terminal: a live bar).",
+    )(fn)
+    return click.option("--quiet", is_flag=True, help="Print only the final summary.")(fn)
+
+
+def _send(
+    start: Callable[[Any], RunResult | None],
+    *,
+    quota_per_s: float,
+    quiet: bool,
+    progress_every_s: float,
+    log_format: str,
+) -> None:
+    """Configure logging and progress, run `start(progress)`, print the summary, exit."""
+    from rich.console import Console
+
+    from batcher import logs
+    from batcher.progress import Progress
+    from batcher.summary import print_run_summary
+
+    logs.configure(log_format=log_format, level="warning" if quiet else "info")  # type: ignore[arg-type]
+    progress = Progress.choose(quiet=quiet, quota_per_s=quota_per_s, every_s=progress_every_s)
+    result = start(progress)
+    if result is None:
+        click.echo("Nothing to do: no rows with those statuses.")
+        sys.exit(0)
+    print_run_summary(result.summary, result.run_dir, Console())
+    sys.exit(result.exit_code)
+
+
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @_input_option
 @_output_option
 @click.option("--base-url", metavar="URL", help="API host (overrides api.base_url).")
 @click.option("--dry-run", is_flag=True, help="Validate and plan only (same as `validate`).")
-@click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @click.option(
-    "--progress-every",
-    "progress_every_s",
-    type=click.FloatRange(min=0.1),
-    default=10.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="Off a terminal: log a run.progress line this often (on a terminal: a live bar).",
+    "--resume",
+    "resume_newest",
+    is_flag=True,
+    help="Resume the newest unfinished run of this job instead of starting anew.",
 )
-@click.option(
-    "--log-format",
-    type=click.Choice(["auto", "console", "json"]),
-    default="auto",
-    show_default=True,
-    help="Log lines on stderr: console for humans, json for aggregators (auto: json unless a tty).",
-)
+@click.option("--force", is_flag=True, help="With --resume: resume even if the input changed.")
+@_run_options
 @_friendly_errors
 def run(
     job_file: str,
@@ -94,12 +136,13 @@ def run(
     output_dir: str | None,
     base_url: str | None,
     dry_run: bool,
+    resume_newest: bool,
+    force: bool,
     quiet: bool,
     progress_every_s: float,
     log_format: str,
 ) -> None:
     """Delink every valid pair of JOB_FILE's input and write an outcome for every row."""
-    from batcher import logs
     from batcher.job import load_job
 
     job = load_job(job_file).with_overrides(
@@ -109,20 +152,106 @@ def run(
         from batcher.validate import validate_job
 
         sys.exit(validate_job(job))
-    from rich.console import Console
-
+    from batcher.lineage import newest_unfinished, resume
     from batcher.run import execute
-    from batcher.summary import print_run_summary
 
-    logs.configure(log_format=log_format, level="warning" if quiet else "info")  # type: ignore[arg-type]
-    from batcher.progress import Progress
+    def send(start: Callable[[Any], RunResult | None]) -> None:
+        _send(
+            start,
+            quota_per_s=job.api.quota.rate_per_s,
+            quiet=quiet,
+            progress_every_s=progress_every_s,
+            log_format=log_format,
+        )
 
-    progress = Progress.choose(
-        quiet=quiet, quota_per_s=job.api.quota.rate_per_s, every_s=progress_every_s
+    if resume_newest:
+        target = newest_unfinished(job)
+        if target is None:
+            raise BatcherError(
+                f"Job {job.name} has no unfinished run to resume.",
+                hint=f"Start a new run: batcher run {job_file}",
+            )
+        send(lambda p: resume(target, force=force, progress=p))
+    send(lambda p: execute(job, progress=p))
+
+
+@main.command(name="resume")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--force", is_flag=True, help="Resume even if the input files changed.")
+@_run_options
+@_friendly_errors
+def resume_command(
+    run_dir: Path, force: bool, quiet: bool, progress_every_s: float, log_format: str
+) -> None:
+    """Carry on an interrupted run; pairs with a confirmed outcome are not sent again."""
+    from batcher.lineage import job_of_run, read_manifest, resume
+
+    job = job_of_run(run_dir.resolve(), read_manifest(run_dir.resolve()))
+    _send(
+        lambda p: resume(run_dir, force=force, progress=p),
+        quota_per_s=job.api.quota.rate_per_s,
+        quiet=quiet,
+        progress_every_s=progress_every_s,
+        log_format=log_format,
     )
-    result = execute(job, progress=progress)
-    print_run_summary(result.summary, result.run_dir, Console())
-    sys.exit(result.exit_code)
+
+
+@main.command(name="retry")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--all",
+    "include_failed",
+    is_flag=True,
+    help="Retry `failed` rows too, not only `retryable` ones.",
+)
+@_run_options
+@_friendly_errors
+def retry_command(
+    run_dir: Path, include_failed: bool, quiet: bool, progress_every_s: float, log_format: str
+) -> None:
+    """A new run of RUN_DIR's job over its retryable (with --all, also failed) rows."""
+    from batcher.lineage import job_of_run, read_manifest, retry
+
+    job = job_of_run(run_dir.resolve(), read_manifest(run_dir.resolve()))
+    _send(
+        lambda p: retry(run_dir, include_failed=include_failed, progress=p),
+        quota_per_s=job.api.quota.rate_per_s,
+        quiet=quiet,
+        progress_every_s=progress_every_s,
+        log_format=log_format,
+    )
+
+
+@main.command(name="report")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the merged outcomes here (.parquet or .csv).",
+)
+@_friendly_errors
+def report_command(run_dir: Path, out_path: Path | None) -> None:
+    """The latest status of every original row across a run and all its retries."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from batcher.lineage import merged_report, report_counts, write_merged
+
+    merged, used = merged_report(run_dir)
+    counts = report_counts(merged)
+    table = Table(
+        title=f"final status of {merged.height:,} rows across runs {', '.join(used)}",
+        title_justify="left",
+    )
+    table.add_column("status")
+    table.add_column("rows", justify="right")
+    for status, n in counts.items():
+        table.add_row(status, f"{n:,}")
+    Console().print(table)
+    if out_path is not None:
+        written = write_merged(merged, out_path.resolve())
+        click.echo(f"merged outcomes: {written}")
 
 
 @main.command()
@@ -149,8 +278,6 @@ def simulate(host: str, port: int, profile_path: str | None) -> None:
 @_friendly_errors
 def runs(job: str | None, output_dir: str | None) -> None:
     """List past runs of JOB (a job file or a job name; all jobs if omitted), newest first."""
-    from pathlib import Path
-
     from rich.console import Console
 
     from batcher.history import list_all_runs, list_runs, print_runs

@@ -313,8 +313,12 @@ def _check_base_url(path: Path, url: str) -> None:
         )
 
 
-def load_job(path: str | Path) -> Job:
-    """Read and check a job file; every problem is a JobError naming the file and the key."""
+def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
+    """Read and check a job file; every problem is a JobError naming the file and the key.
+
+    `as_path`: read `path` (a run folder's copy) but resolve relative paths as if the file
+    still stood at `as_path`, where the original was.
+    """
     job_path = Path(path).expanduser().resolve()
     if not job_path.is_file():
         raise JobError(
@@ -327,6 +331,8 @@ def load_job(path: str | Path) -> Job:
         raise JobError(f"Job file {job_path} cannot be read: {e}.") from e
     except tomllib.TOMLDecodeError as e:
         raise JobError(f"Job file {job_path} is not valid TOML: {e}.") from e
+    if as_path is not None:
+        job_path = as_path
 
     sections: dict[str, dict[str, Any]] = {}
     top: dict[str, Any] = {}

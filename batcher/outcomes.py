@@ -7,6 +7,7 @@ and a crash loses nothing confirmed. The result files are assembled from the jou
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import os
@@ -33,9 +34,14 @@ STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 # Statuses that leave work for the operator (exit code 1).
 NEEDS_ATTENTION = frozenset({Status.FAILED, Status.RETRYABLE, Status.REJECTED})
 JOURNAL_NAME = "journal.jsonl"
+# Write-ahead: the pairs of each request, durable before it is sent. After a crash, a pair here
+# without an outcome may have been processed, so a resend answering "not linked" means delinked.
+INTENTS_NAME = "intents.jsonl"
 
 JOURNAL_SCHEMA = {
-    "k": pl.Int64,  # the row's _key
+    "k": pl.Int64,  # the row's _key in the run that wrote the line
+    "cu": pl.String,  # the customer identifier as sent
+    "pr": pl.String,  # the program name as sent
     "s": pl.String,  # status
     "c": pl.Int64,  # API code
     "m": pl.String,  # API message
@@ -63,6 +69,8 @@ OUTCOME_COLUMNS = (
 @dataclass(frozen=True, slots=True)
 class Outcome:
     key: int
+    customer: str
+    program: str
     status: Status
     code: int | None
     message: str | None
@@ -81,7 +89,13 @@ class Journal:
 
     def __init__(self, path: Path, *, flush_every_s: float = 1.0) -> None:
         self.path = path
+        for log_path in (path, path.with_name(INTENTS_NAME)):
+            drop_torn_tail(log_path)
         self._file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._intents: IO[str] = open(path.with_name(INTENTS_NAME), "a", encoding="utf-8")  # noqa: SIM115
+        self._intents_written = 0
+        self._intents_synced = 0
+        self._sync_task: asyncio.Task[None] | None = None
         self._buffer: list[str] = []
         self._flush_every_s = flush_every_s
         self._last_flush = time.monotonic()
@@ -94,6 +108,8 @@ class Journal:
             json.dumps(
                 {
                     "k": outcome.key,
+                    "cu": outcome.customer,
+                    "pr": outcome.program,
                     "s": outcome.status.value,
                     "c": outcome.code,
                     "m": outcome.message,
@@ -120,10 +136,61 @@ class Journal:
         os.fsync(self._file.fileno())
         self._last_flush = time.monotonic()
 
+    async def intend(self, pairs: list[tuple[str, str]]) -> None:
+        """Record that these pairs are about to be sent; returns once that is on disk.
+
+        Concurrent callers share one fsync (run in a thread, so the loop keeps sending).
+        """
+        self._intents.write(json.dumps(pairs, ensure_ascii=False) + "\n")
+        self._intents_written += 1
+        target = self._intents_written
+        while self._intents_synced < target:
+            if self._sync_task is None:
+                self._sync_task = asyncio.create_task(self._sync_intents())
+            await asyncio.shield(self._sync_task)
+
+    async def _sync_intents(self) -> None:
+        upto = self._intents_written
+        try:
+            self._intents.flush()
+            await asyncio.to_thread(os.fsync, self._intents.fileno())
+            self._intents_synced = max(self._intents_synced, upto)
+        finally:
+            self._sync_task = None
+
     def close(self) -> None:
         if not self._file.closed:
             self.flush()
             self._file.close()
+        if not self._intents.closed:
+            self._intents.flush()
+            os.fsync(self._intents.fileno())
+            self._intents.close()
+
+
+def drop_torn_tail(path: Path) -> None:
+    """A kill mid-write can leave half a line: cut it, so that appending starts a clean line."""
+    if not path.exists():
+        return
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        # Walk back to the last newline; everything after it is the torn line.
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                f.truncate(pos - step + cut + 1)
+                return
+            pos -= step
+        f.truncate(0)
 
 
 def read_journal(path: Path) -> pl.DataFrame:
@@ -134,12 +201,27 @@ def read_journal(path: Path) -> pl.DataFrame:
     good: list[str] = []
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
-            if line.endswith("\n"):
+            if line.startswith("{") and line.endswith("}\n"):
                 good.append(line)
     if not good:
         return pl.DataFrame(schema=JOURNAL_SCHEMA)
     frame = pl.read_ndjson("".join(good).encode(), schema=JOURNAL_SCHEMA)
-    return frame.unique(subset="k", keep="last", maintain_order=True)
+    return frame.unique(subset=["cu", "pr"], keep="last", maintain_order=True)
+
+
+def read_intents(path: Path) -> set[tuple[str, str]]:
+    """Every pair a run of this folder was about to send (see INTENTS_NAME)."""
+    intents = path.with_name(INTENTS_NAME)
+    sent: set[tuple[str, str]] = set()
+    if not intents.exists():
+        return sent
+    with open(intents, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                sent.update((str(c), str(p)) for c, p in json.loads(line))
+            except (ValueError, TypeError):
+                continue  # a torn last line: its request was never sent
+    return sent
 
 
 def assemble_outcomes(
@@ -148,8 +230,12 @@ def assemble_outcomes(
     """One outcome per input row: journalled answers for sent rows, validation for the rest.
 
     A valid row with no journal entry was never answered: it is `retryable`, never lost.
+    Journal lines are matched by pair (customer, program), so that a resume whose input was
+    changed (with --force) still gives each row the answer its own pair got.
     """
-    joined = rows.join(journal, left_on="_key", right_on="k", how="left")
+    joined = rows.join(
+        journal.drop("k"), left_on=["_customer", "_program"], right_on=["cu", "pr"], how="left"
+    )
     valid = pl.col("status") == "valid"
     out = joined.select(
         "row",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import signal
 import time
@@ -20,6 +21,7 @@ from batcher.auth import Authenticator, Credentials, credentials_from_env
 from batcher.errors import RunStopped
 from batcher.export import write_table
 from batcher.job import Job
+from batcher.lock import job_lock
 from batcher.outcomes import (
     JOURNAL_NAME,
     Journal,
@@ -27,13 +29,14 @@ from batcher.outcomes import (
     assemble_outcomes,
     codes_table,
     exit_code_for,
+    read_intents,
     read_journal,
     summarise_counts,
     utc_now,
 )
 from batcher.plan import build_plan
 from batcher.report import write_report
-from batcher.rundir import create_run_dir, write_json
+from batcher.rundir import create_run_dir, job_output_dir, write_json
 from batcher.send import RunStats, Sender, make_session
 from batcher.source import Source, load_source
 from batcher.validate import plan_summary, write_rejects
@@ -41,6 +44,7 @@ from batcher.validate import plan_summary, write_rejects
 log = structlog.get_logger("batcher.run")
 
 EXIT_STOPPED = 3
+MANIFEST_NAME = "manifest.json"
 CONFIRMED = (Status.DELINKED.value, Status.NOT_LINKED.value, Status.FAILED.value)
 
 
@@ -123,40 +127,77 @@ async def _send_all(job: Job, credentials: Credentials, sender_factory: Any) -> 
 
 
 def _plan_input(source: Source, confirmed: pl.DataFrame | None) -> pl.DataFrame:
+    """Valid pairs still to send: on a resume, those without a confirmed outcome."""
     pairs = source.pairs()
     if confirmed is not None and confirmed.height:
-        pairs = pairs.join(confirmed.select(pl.col("k").alias("_key")), on="_key", how="anti")
+        done = confirmed.select(pl.col("cu").alias("_customer"), pl.col("pr").alias("_program"))
+        pairs = pairs.join(done, on=["_customer", "_program"], how="anti")
     return pairs
 
 
 def execute(
     job: Job,
     *,
-    run_id: str | None = None,
     run_dir: Path | None = None,
     parent: str | None = None,
     progress: Any = None,
 ) -> RunResult:
-    """Run the job end to end and write every result file. Raises BatcherError before sending."""
+    """Run the job end to end and write every result file. Raises BatcherError before sending.
+
+    `run_dir`: a run folder made beforehand (by `retry`), or an earlier run's folder to resume:
+    a folder with a manifest is resumed, and its confirmed pairs are not sent again.
+    """
     credentials = resolve_credentials(job)
     source = load_source(job)
-    resuming = run_dir is not None
+    lock = job_lock(job_output_dir(job))
+    stale = lock.acquire(run_dir.name if run_dir is not None else "(new)")
+    try:
+        return _execute_locked(job, credentials, source, run_dir, parent, progress, stale)
+    finally:
+        lock.release()
+
+
+def _execute_locked(
+    job: Job,
+    credentials: Credentials,
+    source: Source,
+    run_dir: Path | None,
+    parent: str | None,
+    progress: Any,
+    stale_lock: dict[str, Any] | None,
+) -> RunResult:
+    resuming = run_dir is not None and (run_dir / MANIFEST_NAME).is_file()
     if run_dir is None:
         run_id, run_dir = create_run_dir(job)
-    assert run_id is not None
+    else:
+        run_id = run_dir.name
     logs.bind(job=job.name, run_id=run_id)
     logs.open_run_log(run_dir / "run.log.jsonl", credentials.secrets())
     started_at = utc_now()
     t0 = time.monotonic()
     try:
+        if stale_lock:
+            log.warning(
+                "run.lock_taken_over",
+                previous_pid=stale_lock.get("pid"),
+                previous_run_id=stale_lock.get("run_id"),
+                previous_started_at=stale_lock.get("started_at"),
+            )
         if not resuming:
             shutil.copyfile(job.path, run_dir / "job.toml")
-            write_json(run_dir / "manifest.json", _manifest(job, run_id, source, parent))
+            write_json(run_dir / MANIFEST_NAME, _manifest(job, run_id, source, parent))
         journal_path = run_dir / JOURNAL_NAME
         confirmed = None
+        maybe_sent: set[tuple[str, str]] = set()
         if resuming:
             done = read_journal(journal_path)
             confirmed = done.filter(pl.col("s").is_in(CONFIRMED))
+            maybe_sent = read_intents(journal_path) - set(
+                zip(confirmed["cu"].to_list(), confirmed["pr"].to_list(), strict=True)
+            )
+            log.info(
+                "run.resumed", confirmed_pairs=confirmed.height, maybe_sent_pairs=len(maybe_sent)
+            )
         rejects_path = write_rejects(source, run_dir)
         plan = build_plan(
             _plan_input(source, confirmed),
@@ -179,7 +220,9 @@ def execute(
             from dataclasses import replace
 
             sender_job = replace(job, api=replace(job.api, base_url=base_url))
-            senders.append(Sender(sender_job, requests, journal, auth, stats=stats))
+            senders.append(
+                Sender(sender_job, requests, journal, auth, stats=stats, maybe_sent=maybe_sent)
+            )
             return senders[-1]
 
         senders: list[Sender] = []  # the progress display reads the pacer's state
@@ -191,9 +234,7 @@ def execute(
         interrupted_hard = False
         try:
             sender = asyncio.run(
-                _run_with_progress(
-                    job, credentials, make_sender, progress, (journal, stats, pace)
-                )
+                _run_with_progress(job, credentials, make_sender, progress, (journal, stats, pace))
             )
         except (KeyboardInterrupt, asyncio.CancelledError):
             interrupted_hard = True
@@ -234,8 +275,8 @@ def execute(
         summary = plan_summary(job, run_id, source, plan)
         summary.update(
             {
-                "command": "resume" if resuming else "run",
-                "parent": parent,
+                "command": "resume" if resuming else ("retry" if parent else "run"),
+                "parent": parent or _manifest_parent(run_dir),
                 "started_at": started_at,
                 "finished_at": utc_now(),
                 "counts": counts,
@@ -310,6 +351,8 @@ def _manifest(job: Job, run_id: str, source: Source, parent: str | None) -> dict
         "created_at": utc_now(),
         "settings": job.settings_for_display(),
         "input": {
+            "pattern": str(job.input_pattern()),
+            "columns": source.columns,
             "format": source.format,
             "files": [
                 {"path": str(f.path), "size": f.size, "mtime_ns": f.mtime_ns, "sha256": f.sha256}
@@ -317,9 +360,19 @@ def _manifest(job: Job, run_id: str, source: Source, parent: str | None) -> dict
             ],
             "rows": source.row_count,
         },
+        "output_dir": str(job.output_dir),
+        "base_url": job.api.base_url,
         "plan": {
             "identifier": job.input.identifier,
             "customers_per_request": job.api.customers_per_request,
             "programs_per_customer": job.api.programs_per_customer,
         },
     }
+
+
+def _manifest_parent(run_dir: Path) -> str | None:
+    try:
+        parent = json.loads((run_dir / MANIFEST_NAME).read_text()).get("parent")
+    except (OSError, ValueError):
+        return None
+    return parent if isinstance(parent, str) else None

@@ -9,6 +9,7 @@ the run calls it `retryable`, so no row is ever lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import json
@@ -47,6 +48,7 @@ THROTTLES_PER_ATTEMPT = 3
 @dataclass(slots=True)
 class PendingPair:
     key: int
+    customer: str
     program: str
     attempts: int = 0  # times sent
     tries: int = 0  # answered or failed sends that count against retry.max_attempts
@@ -150,11 +152,14 @@ class Sender:
         auth: Authenticator,
         *,
         stats: RunStats | None = None,
+        maybe_sent: set[tuple[str, str]] | None = None,
     ) -> None:
         self._job = job
         self._identifier = job.input.identifier
         self._url = job.api.base_url + contract.DELINK_PATH
         self._plan = requests
+        # Pairs an earlier, crashed session may have sent without recording the answer.
+        self._maybe_sent = maybe_sent or set()
         self._journal = journal
         self._auth = auth
         self.stats = stats or RunStats()
@@ -194,14 +199,16 @@ class Sender:
         if planned is None:
             self._plan_done = True
             return None
-        return Batch(
-            [
-                PendingCustomer(
-                    e.customer, [PendingPair(k, p) for k, p in zip(keys, e.programs, strict=True)]
-                )
-                for e, keys in zip(planned.entries, planned.keys, strict=True)
+        customers = []
+        for entry, keys in zip(planned.entries, planned.keys, strict=True):
+            pairs = [
+                PendingPair(k, entry.customer, p) for k, p in zip(keys, entry.programs, strict=True)
             ]
-        )
+            if self._maybe_sent:
+                for pair in pairs:
+                    pair.maybe_sent = (pair.customer, pair.program) in self._maybe_sent
+            customers.append(PendingCustomer(entry.customer, pairs))
+        return Batch(customers)
 
     def _from_pool(self, now: float) -> Batch | None:
         """Repack ready retries into one request: distinct customers, at most the request size."""
@@ -233,10 +240,8 @@ class Sender:
                 return None  # plan done, nothing waiting, nothing that could add work
             self._changed.clear()
             timeout = self._pool[0][0] - now if self._pool else None
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
-            except TimeoutError:
-                pass
         return None
 
     # --- the loop --------------------------------------------------------------------------
@@ -277,6 +282,9 @@ class Sender:
     async def _send(self, session: aiohttp.ClientSession, batch: Batch) -> None:
         entries = [Entry(c.customer, tuple(p.program for p in c.pairs)) for c in batch.customers]
         body = json.dumps(contract.build_body(self._identifier, entries)).encode()
+        await self._journal.intend(
+            [(c.customer, p.program) for c in batch.customers for p in c.pairs]
+        )
         sent_at = await self.pacer.slot()
         if self.stop_reason is not None:
             self._fixed.appendleft(batch)  # stopped while waiting: it was never sent
@@ -373,7 +381,18 @@ class Sender:
         note: str | None = None,
     ) -> None:
         self._journal.record(
-            Outcome(pair.key, status, code, message, customer_id, request_id, pair.attempts, note)
+            Outcome(
+                pair.key,
+                pair.customer,
+                pair.program,
+                status,
+                code,
+                message,
+                customer_id,
+                request_id,
+                pair.attempts,
+                note,
+            )
         )
 
     def _match(

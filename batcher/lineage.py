@@ -1,0 +1,236 @@
+"""Runs after the first: resume an interrupted run, retry a run's failures, merge the answers.
+
+A retry is a new run (a child) whose input is the parent's `retryable` (and with --all `failed`)
+rows; `origin.parquet` in the child maps each of its rows to the row of the first run it came
+from, so `report` can give one final answer per original input row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import structlog
+
+from batcher.errors import BatcherError, InputError
+from batcher.export import write_table
+from batcher.job import Job, load_job
+from batcher.outcomes import STATUSES, Status
+from batcher.run import MANIFEST_NAME, RunResult, execute
+from batcher.rundir import create_run_dir, job_output_dir
+from batcher.source import Format, load_source
+
+log = structlog.get_logger("batcher.lineage")
+ORIGIN_NAME = "origin.parquet"
+OUTCOME_FIELDS = (
+    "status",
+    "code",
+    "message",
+    "customer_id",
+    "request_id",
+    "attempts",
+    "finished_at",
+    "note",
+)
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BatcherError(
+            f"{run_dir} is not a run folder of batcher (it has no {MANIFEST_NAME}).",
+            hint="Pass a folder such as output/<job>/<run id>; `batcher runs JOB` lists them.",
+        ) from None
+    except (OSError, ValueError) as e:
+        raise BatcherError(f"Cannot read {path}: {e}.") from e
+    if not isinstance(data, dict):
+        raise BatcherError(f"{path} is not a run manifest.")
+    return data
+
+
+def job_of_run(run_dir: Path, manifest: dict[str, Any]) -> Job:
+    """The job as it was when the run started, with the same input, output and API."""
+    job = load_job(run_dir / "job.toml", as_path=Path(manifest["job_file"]))
+    base_url = manifest.get("base_url")
+    return job.with_overrides(
+        input_path=manifest["input"]["pattern"],
+        output_dir=manifest.get("output_dir"),
+        base_url=base_url if base_url and base_url != job.api.base_url else None,
+    )
+
+
+def _check_fingerprints(job: Job, manifest: dict[str, Any]) -> list[str]:
+    """What changed in the input files since the run started (empty: nothing)."""
+    before = {f["path"]: f for f in manifest["input"]["files"]}
+    now = {str(f.path): f for f in load_source(job).files}
+    changes = [f"{p} is gone" for p in before if p not in now]
+    changes += [f"{p} is new" for p in now if p not in before]
+    for path, old in before.items():
+        new = now.get(path)
+        if new is not None and (new.size, new.sha256) != (old["size"], old["sha256"]):
+            changes.append(f"{path} changed (size {old['size']} -> {new.size}, content differs)")
+    return changes
+
+
+def resume(run_dir: Path, *, force: bool = False, progress: Any = None) -> RunResult:
+    """Carry on an interrupted run: confirmed pairs are not sent again."""
+    run_dir = run_dir.resolve()
+    manifest = read_manifest(run_dir)
+    job = job_of_run(run_dir, manifest)
+    changes = _check_fingerprints(job, manifest)
+    if changes and not force:
+        raise InputError(
+            "The input changed since this run started: " + "; ".join(changes) + ".",
+            hint=f"Resuming would mix two inputs. Start a new run, or pass --force to resume "
+            f"anyway (answers are matched to rows by customer and program). Run: {run_dir}",
+        )
+    if changes:
+        log.warning("run.resume_forced", changes=changes)
+    return execute(job, run_dir=run_dir, progress=progress)
+
+
+def newest_unfinished(job: Job) -> Path | None:
+    """The newest run of `job` that did not finish (no summary, or stopped early)."""
+    folder = job_output_dir(job)
+    if not folder.is_dir():
+        return None
+    for run_dir in sorted((p for p in folder.iterdir() if p.is_dir()), reverse=True):
+        if not (run_dir / MANIFEST_NAME).is_file():
+            continue
+        summary_path = run_dir / "summary.json"
+        if not summary_path.is_file():
+            return run_dir
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except ValueError:
+            return run_dir
+        if summary.get("stopped"):
+            return run_dir
+        return None  # the newest run finished: nothing to resume
+    return None
+
+
+def _root_rows(run_dir: Path, outcomes: pl.DataFrame) -> pl.DataFrame:
+    """For each row of a run: the run id and row (and file) of the first run it came from."""
+    origin = run_dir / ORIGIN_NAME
+    if origin.is_file():
+        return pl.read_parquet(origin)
+    file_col = (
+        pl.col("source_file") if "source_file" in outcomes.columns else pl.lit(None, pl.String)
+    )
+    return outcomes.select(
+        "row",
+        pl.col("row").alias("root_row"),
+        file_col.alias("root_source_file"),
+        pl.lit(run_dir.name).alias("root_run"),
+    )
+
+
+def retry(
+    parent_dir: Path, *, include_failed: bool = False, progress: Any = None
+) -> RunResult | None:
+    """A child run of `parent_dir` over its retryable (and with --all, failed) rows."""
+    parent_dir = parent_dir.resolve()
+    manifest = read_manifest(parent_dir)
+    outcomes_path = parent_dir / "outcomes.parquet"
+    if not outcomes_path.is_file():
+        raise BatcherError(
+            f"Run {parent_dir.name} has no outcomes yet: it never finished.",
+            hint=f"Resume it first: batcher resume {parent_dir}",
+        )
+    job = job_of_run(parent_dir, manifest)
+    outcomes = pl.read_parquet(outcomes_path)
+    wanted = [Status.RETRYABLE.value] + ([Status.FAILED.value] if include_failed else [])
+    picked = outcomes.filter(pl.col("status").is_in(wanted))
+    if picked.height == 0:
+        log.info("retry.nothing_to_do", parent=parent_dir.name, statuses=wanted)
+        return None
+    columns: list[str] = manifest["input"]["columns"]
+    fmt = manifest["input"]["format"]
+    roots = _root_rows(parent_dir, outcomes)
+    picked = picked.join(roots, on="row", how="left")
+    _, run_dir = create_run_dir(job)
+    input_path = run_dir / f"input.{fmt}"
+    write_table(picked.select(columns), input_path, fmt)
+    picked.select(
+        pl.int_range(1, picked.height + 1, dtype=pl.Int64).alias("row"),
+        "root_row",
+        "root_source_file",
+        "root_run",
+    ).write_parquet(run_dir / ORIGIN_NAME)
+    child = job.with_overrides(input_path=str(input_path))
+    log.info("retry.started", parent=parent_dir.name, rows=picked.height, statuses=wanted)
+    return execute(replace(child), run_dir=run_dir, parent=parent_dir.name, progress=progress)
+
+
+def _runs_of(job_dir: Path) -> dict[str, dict[str, Any]]:
+    runs = {}
+    for d in job_dir.iterdir():
+        if d.is_dir() and (d / MANIFEST_NAME).is_file():
+            runs[d.name] = read_manifest(d)
+    return runs
+
+
+def merged_report(run_dir: Path) -> tuple[pl.DataFrame, list[str]]:
+    """The latest answer for every row of the first run of `run_dir`'s family, and the runs used."""
+    run_dir = run_dir.resolve()
+    runs = _runs_of(run_dir.parent)
+    root = run_dir.name
+    while runs.get(root, {}).get("parent") in runs:
+        root = runs[root]["parent"]
+    family = [root]
+    changed = True
+    while changed:  # every run whose ancestry leads to the root
+        changed = False
+        for rid, m in runs.items():
+            if rid not in family and m.get("parent") in family:
+                family.append(rid)
+                changed = True
+    family.sort()  # run ids sort by start time: later answers win
+    root_outcomes = run_dir.parent / root / "outcomes.parquet"
+    if not root_outcomes.is_file():
+        raise BatcherError(
+            f"Run {root} has no outcomes yet: it never finished.",
+            hint=f"Resume it first: batcher resume {run_dir.parent / root}",
+        )
+    merged = pl.read_parquet(root_outcomes).with_columns(pl.lit(root).alias("final_run"))
+    key_file = "source_file" in merged.columns
+    used = [root]
+    for rid in family[1:]:
+        path = run_dir.parent / rid / "outcomes.parquet"
+        if not path.is_file():
+            continue
+        child = pl.read_parquet(path)
+        mapped = child.join(_root_rows(path.parent, child), on="row", how="inner").select(
+            pl.col("root_row").alias("row"),
+            *([pl.col("root_source_file").alias("source_file")] if key_file else []),
+            *(pl.col(c).alias(f"{c}__new") for c in OUTCOME_FIELDS),
+        )
+        on = ["row", "source_file"] if key_file else ["row"]
+        merged = merged.join(mapped, on=on, how="left", nulls_equal=True)
+        has_new = pl.col("status__new").is_not_null()
+        merged = merged.with_columns(
+            *(
+                pl.when(has_new).then(pl.col(f"{c}__new")).otherwise(pl.col(c)).alias(c)
+                for c in OUTCOME_FIELDS
+            ),
+            pl.when(has_new).then(pl.lit(rid)).otherwise(pl.col("final_run")).alias("final_run"),
+        ).drop([f"{c}__new" for c in OUTCOME_FIELDS])
+        used.append(rid)
+    return merged, used
+
+
+def report_counts(merged: pl.DataFrame) -> dict[str, int]:
+    got = dict(merged.group_by("status").len().iter_rows())
+    return {s: int(got.get(s, 0)) for s in STATUSES}
+
+
+def write_merged(merged: pl.DataFrame, out: Path) -> Path:
+    fmt: Format = "csv" if out.suffix.lower() == ".csv" else "parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_table(merged, out, fmt)

@@ -1,0 +1,259 @@
+"""Runs that survive: SIGKILL then resume, clean interrupts, one run per job, retry and report.
+
+The CLI runs as a subprocess against a simulator on a loopback port; the simulator's per-pair
+counters say what really was sent, and what is still linked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from batcher.outcomes import JOURNAL_NAME, read_journal
+from batcher.simulator.profile import Profile
+from batcher.simulator.server import SimulatorThread
+from tests.conftest import (
+    DEMO_ENV,
+    REPO,
+    clean_profile,
+    mobile,
+    only_run_dir,
+    read_summary,
+    run_cli,
+    write_job,
+    write_pairs,
+)
+
+Sim = Callable[[Profile], SimulatorThread]
+PROGRAMS = ["partner-01", "partner-02", "partner-03", "partner-04"]
+CONFIRMED = ("delinked", "not_linked", "failed")
+
+
+def start_cli(*args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPILLARY_")}
+    env.update(DEMO_ENV)
+    return subprocess.Popen(
+        [sys.executable, "-m", "batcher.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def journal_lines(out: Path, job: str = "e2e") -> int:
+    runs = sorted((out / job).glob("*/" + JOURNAL_NAME))
+    if not runs:
+        return 0
+    with open(runs[-1], "rb") as f:
+        return sum(1 for _ in f)
+
+
+def wait_for_journal(out: Path, lines: int, proc: subprocess.Popen[str], limit_s: float = 60) -> None:
+    deadline = time.monotonic() + limit_s
+    while journal_lines(out) < lines:
+        assert proc.poll() is None, f"the run ended before {lines} outcomes: {proc.communicate()}"
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.02)
+
+
+def attempts_by_pair(sim: SimulatorThread) -> dict[tuple[str, str], int]:
+    return {(p["mobile"], p["program"]): p["attempts"] for p in sim.snapshot()["pairs"]}
+
+
+def test_sigkill_at_random_points_then_resume_loses_and_resends_nothing_confirmed(
+    tmp_path: Path, simulator: Sim
+) -> None:
+    sim = simulator(clean_profile(state={"customers": 30_000}))
+    customers = 25_000
+    rows = write_pairs(tmp_path / "pairs.csv", range(customers), PROGRAMS)
+    assert rows == 100_000
+    job = write_job(tmp_path, sim.base_url, api={"rate": "150/second", "customers_per_request": 50})
+    out = tmp_path / "out"
+    rng = random.Random(2026)
+    kill_points = sorted(rng.sample(range(5_000, 95_000), 3))  # journalled outcomes at the kill
+    confirmed_at_kills: list[tuple[set[tuple[str, str]], dict[tuple[str, str], int]]] = []
+
+    proc = start_cli("run", str(job), "--quiet")
+    for point in kill_points:
+        wait_for_journal(out, point, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)  # also closes its pipes
+        assert proc.returncode == -signal.SIGKILL
+        journal = read_journal(only_run_dir(out) / JOURNAL_NAME)
+        confirmed = journal.filter(pl.col("s").is_in(CONFIRMED))
+        pairs = set(zip(confirmed["cu"].to_list(), confirmed["pr"].to_list(), strict=True))
+        confirmed_at_kills.append((pairs, attempts_by_pair(sim)))
+        proc = start_cli("run", str(job), "--resume", "--quiet")
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stdout + stderr
+
+    run_dir = only_run_dir(out)
+    assert len([p for p in (out / "e2e").iterdir() if p.is_dir()]) == 1, "resumed in place"
+    outcomes = pl.read_parquet(run_dir / "outcomes.parquet")
+    assert outcomes.height == rows
+    assert outcomes["row"].n_unique() == rows
+    assert set(outcomes["status"].unique().to_list()) == {"delinked"}
+    final = attempts_by_pair(sim)
+    resent_after_confirmation = [
+        pair
+        for pairs, attempts in confirmed_at_kills
+        for pair in pairs
+        if final[pair] != attempts[pair]
+    ]
+    assert resent_after_confirmation == []
+    resent = sum(1 for n in final.values() if n > 1)
+    lost = rows - outcomes.filter(pl.col("status") == "delinked").height
+    print(f"\nkill points {kill_points}: resent pairs {resent}, lost rows {lost}")
+    assert lost == 0
+    assert sim.still_linked("mobile", [(mobile(i), p) for i in range(customers) for p in PROGRAMS]) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_finishes_in_flight_writes_files_and_says_how_to_resume(
+    tmp_path: Path, simulator: Sim, sig: signal.Signals
+) -> None:
+    sim = simulator(clean_profile(latency={"fixed_ms": 20}))
+    rows = write_pairs(tmp_path / "pairs.csv", range(2_000), PROGRAMS)
+    job = write_job(tmp_path, sim.base_url, api={"rate": "50/second", "customers_per_request": 10})
+    out = tmp_path / "out"
+
+    proc = start_cli("run", str(job), "--quiet")
+    wait_for_journal(out, 200, proc)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+
+    assert proc.returncode == 3, stderr
+    assert "batcher resume" in stdout
+    assert "Traceback" not in stderr
+    run_dir = only_run_dir(out)
+    summary = read_summary(run_dir)
+    assert summary["stopped"] and signal.Signals(sig).name in summary["stopped"]
+    outcomes = pl.read_parquet(run_dir / "outcomes.parquet")
+    assert outcomes.height == rows
+    counts = summary["counts"]
+    assert 0 < counts["delinked"] < rows and counts["retryable"] == rows - counts["delinked"]
+    # What the server did equals what the files say: nothing in flight was lost.
+    served = sum(p["delinked"] for p in sim.snapshot()["pairs"])
+    assert served == counts["delinked"]
+
+    resumed = run_cli("resume", str(run_dir), "--quiet")
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_summary(run_dir)["counts"]["delinked"] == rows
+    assert max(p["attempts"] for p in sim.snapshot()["pairs"]) == 1
+
+
+def test_a_second_run_of_the_same_job_is_refused_while_the_first_lives(
+    tmp_path: Path, simulator: Sim
+) -> None:
+    sim = simulator(clean_profile())
+    write_pairs(tmp_path / "pairs.csv", range(500), PROGRAMS)
+    job = write_job(tmp_path, sim.base_url, api={"rate": "20/second", "customers_per_request": 5})
+    first = start_cli("run", str(job), "--quiet")
+    try:
+        wait_for_journal(tmp_path / "out", 10, first)
+        second = run_cli("run", str(job), "--quiet")
+        assert second.returncode == 2
+        assert f"pid {first.pid}" in second.stderr
+        assert "started" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path, simulator: Sim) -> None:
+    sim = simulator(clean_profile())
+    rows = write_pairs(tmp_path / "pairs.csv", range(20), PROGRAMS)
+    job = write_job(tmp_path, sim.base_url)
+    lock = tmp_path / "out" / "e2e" / ".lock"
+    lock.parent.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "run_id": "x", "started_at": "then",
+                                "released_at": None}))
+
+    result = run_cli("run", str(job), "--quiet")
+
+    assert result.returncode == 0, result.stderr
+    run_dir = only_run_dir(tmp_path / "out")
+    assert read_summary(run_dir)["counts"]["delinked"] == rows
+    events = [json.loads(line) for line in (run_dir / "run.log.jsonl").read_text().splitlines()]
+    taken = [e for e in events if e["event"] == "run.lock_taken_over"]
+    assert taken and taken[0]["previous_pid"] == int(dead.stdout)
+
+
+def test_resume_refuses_a_changed_input_unless_forced(tmp_path: Path, simulator: Sim) -> None:
+    sim = simulator(clean_profile(latency={"fixed_ms": 10}))
+    write_pairs(tmp_path / "pairs.csv", range(1_000), PROGRAMS)
+    job = write_job(tmp_path, sim.base_url, api={"rate": "40/second", "customers_per_request": 5})
+    proc = start_cli("run", str(job), "--quiet")
+    wait_for_journal(tmp_path / "out", 50, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    run_dir = only_run_dir(tmp_path / "out")
+    with open(tmp_path / "pairs.csv", "a") as f:
+        f.write(f"{mobile(5000)},partner-01,r1\n")
+
+    refused = run_cli("resume", str(run_dir), "--quiet")
+    assert refused.returncode == 2
+    assert "input changed" in refused.stderr and "--force" in refused.stderr
+
+    forced = run_cli("resume", str(run_dir), "--force", "--quiet")
+    assert forced.returncode == 0, forced.stderr
+    outcomes = pl.read_parquet(run_dir / "outcomes.parquet")
+    assert outcomes.height == 4_001
+    assert max(p["attempts"] for p in sim.snapshot()["pairs"]) == 1
+
+
+def test_retry_after_the_fault_is_gone_then_report_merges_one_row_per_input_row(
+    tmp_path: Path, simulator: Sim
+) -> None:
+    sim = simulator(clean_profile(faults={"item_transient": 0.4}, seed=5))
+    rows = write_pairs(tmp_path / "pairs.csv", range(300), PROGRAMS)
+    (tmp_path / "pairs.csv").write_text(
+        (tmp_path / "pairs.csv").read_text() + "not-a-mobile,partner-01,r0\n"
+    )
+    rows += 1
+    job = write_job(tmp_path, sim.base_url, retry={"max_attempts": 1})
+    first = run_cli("run", str(job), "--quiet")
+    assert first.returncode == 1
+    parent = only_run_dir(tmp_path / "out")
+    before = read_summary(parent)["counts"]
+    assert before["retryable"] > 0 and before["rejected"] == 1
+
+    sim.set_faults(None)
+    retried = run_cli("retry", str(parent), "--quiet")
+
+    assert retried.returncode == 0, retried.stderr
+    child = only_run_dir(tmp_path / "out")
+    assert child != parent
+    child_summary = read_summary(child)
+    assert child_summary["parent"] == parent.name
+    assert child_summary["input"]["rows"] == before["retryable"]
+
+    merged_path = tmp_path / "merged.parquet"
+    report = run_cli("report", str(parent), "--out", str(merged_path))
+    assert report.returncode == 0, report.stderr
+    merged = pl.read_parquet(merged_path)
+    assert merged.height == rows
+    assert merged["row"].to_list() == list(range(1, rows + 1))
+    final = dict(merged.group_by("status").len().iter_rows())
+    assert final == {"delinked": rows - 1, "rejected": 1}
+    assert set(merged["final_run"].unique().to_list()) == {parent.name, child.name}
+    # The child's report gives the same answer as the parent's.
+    again = run_cli("report", str(child), "--out", str(tmp_path / "merged.csv"))
+    assert again.returncode == 0
+    assert pl.read_csv(tmp_path / "merged.csv", infer_schema=False).height == rows
