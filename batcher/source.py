@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import glob as globlib
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -74,6 +75,16 @@ _MOBILE_RE = rf"^[0-9]{{{MOBILE_DIGITS_MIN},{MOBILE_DIGITS_MAX}}}$"
 # One @, a dot inside the domain (not first, not last, no empty labels), no whitespace.
 _EMAIL_RE = r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$"
 _ID_RE = rf"^0*[1-9][0-9]{{0,{ID_MAX_DIGITS - 1}}}$"
+# Values the cleanup would leave unchanged and that pass every check (a subset of the valid
+# ones: no outer whitespace, no leading apostrophe). Most rows of a real file match these, and
+# skip the string copies of trimming and normalising.
+_PLAIN_IDENTIFIER_RE: dict[Identifier, str] = {
+    "mobile": _MOBILE_RE,
+    "email": r"^[^@\s'][^@\s]*@[^@\s.]+(\.[^@\s.]+)+$",
+    "externalId": rf"^[^\s'](.{{0,{EXTERNAL_ID_MAX_CHARS - 2}}}\S)?$",
+    "id": rf"^[1-9][0-9]{{0,{ID_MAX_DIGITS - 1}}}$",
+}
+_PLAIN_PROGRAM_RE = rf"^[^\s'](.{{0,{PROGRAM_MAX_CHARS - 2}}}\S)?$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,29 +428,82 @@ def _customer_checks(identifier: Identifier) -> tuple[pl.Expr, list[pl.Expr]]:
     return text.str.strip_chars_start("0"), [~text.str.contains(_ID_RE)]
 
 
+def _first_problem(conditions: list[pl.Expr], first_number: int) -> pl.Expr:
+    """Number of the first true condition (counting from `first_number`), else 0."""
+    problem: pl.Expr = pl.lit(0, dtype=pl.UInt8)
+    for offset in range(len(conditions) - 1, -1, -1):  # the first failing check wins
+        number = pl.lit(first_number + offset, dtype=pl.UInt8)
+        problem = pl.when(conditions[offset]).then(number).otherwise(problem)
+    return problem
+
+
+def _clean_where_needed(
+    raw: pl.Series, plain_re: str, clean: Callable[[pl.Series], pl.DataFrame]
+) -> pl.DataFrame:
+    """Columns _value and _problem for `raw`, running the cleanup only on rows that need it.
+
+    A value matching `plain_re` is already what the cleanup would make of it and passes every
+    check, so it is kept as is (no string copy). The other rows, usually few, go through
+    `clean`, and their results are put back in place.
+    """
+    n = raw.len()
+    needs_cleanup = ~raw.str.contains(plain_re).fill_null(False)
+    positions = needs_cleanup.arg_true()
+    problem = pl.repeat(0, n, dtype=pl.UInt8, eager=True)
+    if positions.len() == 0:
+        return pl.DataFrame({"_value": raw, "_problem": problem})
+    cleaned = clean(raw.gather(positions))
+    value = raw.clone()
+    value.scatter(positions, cleaned.get_column("_value"))
+    problem.scatter(positions, cleaned.get_column("_problem"))
+    return pl.DataFrame({"_value": value, "_problem": problem})
+
+
 def validate_rows(
     frame: pl.DataFrame, identifier: Identifier, id_column: str, program_column: str
 ) -> pl.DataFrame:
     """Add _customer, _program, status, reason, message, duplicate_of (vectorised)."""
     problems = _problems(identifier, id_column, program_column)
-    value, id_failures = _customer_checks(identifier)
-    id_text, prog_text = pl.col("_id_text"), pl.col("_program")
-    conditions = [
-        id_text.is_null() | (id_text == ""),
-        *id_failures,
-        prog_text.is_null() | (prog_text == ""),
-        prog_text.str.len_chars() > PROGRAM_MAX_CHARS,
-    ]
-    problem: pl.Expr = pl.lit(0, dtype=pl.UInt8)
-    for number in range(len(conditions), 0, -1):  # the first failing check wins
-        problem = (
-            pl.when(conditions[number - 1]).then(pl.lit(number, dtype=pl.UInt8)).otherwise(problem)
+    program_first = len(problems) - 1  # missing_program, then program_too_long
+
+    def clean_identifier(raw: pl.Series) -> pl.DataFrame:
+        value, failures = _customer_checks(identifier)
+        text = pl.col("_id_text")
+        return (
+            raw.rename("_id_text")
+            .to_frame()
+            .lazy()
+            .with_columns(_id_text=_text("_id_text"))
+            .with_columns(_value=value)
+            .select(
+                "_value", _problem=_first_problem([text.is_null() | (text == ""), *failures], 1)
+            )
+            .collect()
         )
-    lf = (
-        frame.lazy()
-        .with_columns(_id_text=_text(id_column), _program=_text(program_column))
-        .with_columns(_value=value)
-        .with_columns(_problem=problem)
+
+    def clean_program(raw: pl.Series) -> pl.DataFrame:
+        text = pl.col("_value")
+        conditions = [text.is_null() | (text == ""), text.str.len_chars() > PROGRAM_MAX_CHARS]
+        return (
+            raw.rename("_value")
+            .to_frame()
+            .lazy()
+            .with_columns(_value=_text("_value"))
+            .select("_value", _problem=_first_problem(conditions, program_first))
+            .collect()
+        )
+
+    ident = _clean_where_needed(
+        frame.get_column(id_column), _PLAIN_IDENTIFIER_RE[identifier], clean_identifier
+    )
+    program = _clean_where_needed(
+        frame.get_column(program_column), _PLAIN_PROGRAM_RE, clean_program
+    )
+    id_problem = ident.get_column("_problem")
+    lf = frame.lazy().with_columns(
+        _value=ident.get_column("_value"),
+        _program=program.get_column("_value"),
+        _problem=pl.when(id_problem > 0).then(id_problem).otherwise(program.get_column("_problem")),
     )
     valid = pl.col("_problem") == 0
     # The dedupe key of a customer: emails compare case-insensitively.
@@ -455,7 +519,7 @@ def validate_rows(
     pair_hash = pl.struct("_problem", "_ckey", "_program").hash()
     checked = lf.with_columns(
         _customer=pl.when(valid).then(customer),
-        _program=pl.when(valid).then(prog_text),
+        _program=pl.when(valid).then(pl.col("_program")),
         _first=pl.when(valid).then(pl.col("_key").min().over(pair_hash)),
     ).collect()
     candidates = checked.filter(pl.col("_first") != pl.col("_key"))
