@@ -1,9 +1,11 @@
 """Pacing under a hard quota: even spacing, a run-wide pause on throttles, and AIMD.
 
-Invariant: two requests never leave closer together than one interval of the current rate, and
-the current rate never exceeds the quota (less a small headroom for arrival jitter). Because the
-bucket holds a single request (aiolimiter with max_rate=1), there is no start-up burst, so the
-quota holds in every window of its period, fixed or sliding, from the first second.
+Invariant: in any window of W seconds at most `rate * W + capacity` requests leave, where the
+rate is at most 99% of the quota and the bucket's capacity is the larger of 1 request and 5 ms
+worth of the rate. For a quota of Q per period P >= 1 s that is at most 0.99 Q + 0.005 Q < Q, so
+the quota holds in every window of its period, fixed or sliding, from the first second: there is
+no start-up burst. (The 5 ms only matter at high rates, where a one-request bucket would cost a
+timer wake-up per request, and the event loop's timers are not finer than a millisecond.)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ DECREASE_FACTOR = 0.7
 INCREASE_PER_S = 0.02  # of the quota's rate
 MIN_SHARE = 0.02  # never slower than this share of the quota
 MAX_RETRY_AFTER_S = 900.0
+BURST_S = 0.005
 
 
 @dataclass(slots=True)
@@ -52,8 +55,8 @@ class Pacer:
         return asyncio.get_running_loop().time()
 
     def _new_limiter(self) -> AsyncLimiter:
-        # One slot per interval: capacity 1 means the bucket can never release a burst.
-        return AsyncLimiter(1, 1.0 / self.state.rate_per_s)
+        capacity = max(1, int(self.state.rate_per_s * BURST_S))
+        return AsyncLimiter(capacity, capacity / self.state.rate_per_s)
 
     async def slot(self) -> float:
         """Wait for the next send slot; returns the loop time it was granted at."""
@@ -91,9 +94,12 @@ class Pacer:
     def _swap_limiter(self) -> None:
         old = self._limiter
         self._limiter = self._new_limiter()
-        if old is not None and not old.has_capacity():
-            # The last slot was just granted: start the new bucket full so spacing holds.
-            self._limiter._level = 1.0
+        if old is not None:
+            # Carry the bucket's level over (as a share of capacity), so a pace change never
+            # frees a burst. aiolimiter has no public accessor for the level.
+            old.has_capacity()  # drains the old bucket up to now
+            share = old._level / old.max_rate
+            self._limiter._level = share * self._limiter.max_rate
             self._limiter._last_check = self._loop_time()
 
     def throttled(self, sent_at: float, retry_after_s: float | None) -> float:

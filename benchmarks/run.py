@@ -1,0 +1,194 @@
+"""How fast `batcher run` sends, against a bare aiohttp loop in the same run (target: >= 0.75x).
+
+    uv run python benchmarks/run.py [--requests 6000] [--concurrency 8] [--big-pairs 1000000]
+
+1. The simulator runs in a subprocess pinned to core 0, faults, latency and quota off.
+2. Yardstick: a bare aiohttp loop (its own process, core 1) posts 1-customer bodies at the same
+   concurrency, with the same Basic header, reading each JSON answer.
+3. `batcher run` (the CLI, its own process, core 1) sends the same number of 1-customer
+   requests (no quota to speak of), and its summary.json gives the send phase's requests/s.
+4. End to end: 1,000,000 pairs at 50 customers per request, wall time and the CLI's peak RSS.
+
+Machines here are shared and noisy: read the ratio, not the absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+DELINK = "/v2/partnerProgram/deLinkCustomer"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _pin(core: int) -> None:
+    if hasattr(os, "sched_setaffinity") and core < (os.cpu_count() or 1):
+        os.sched_setaffinity(0, {core})
+
+
+def _serve(url_out: Any, stop: Any, customers: int) -> None:
+    _pin(0)
+    from batcher.simulator.profile import profile_from_dict
+    from batcher.simulator.server import Simulator
+
+    async def main() -> None:
+        profile = profile_from_dict({"seed": 1, "state": {"customers": customers, "program_count": 5}})
+        sim = Simulator(profile)
+        await sim.start()
+        url_out.put(sim.base_url)
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+        await sim.stop()
+
+    asyncio.run(main())
+
+
+def _bare_loop(base_url: str, requests: int, concurrency: int, out: Any) -> None:
+    """The yardstick: the least a client must do to send these requests."""
+    _pin(1)
+    import aiohttp
+
+    md5 = hashlib.md5(b"demo-password").hexdigest()
+    headers = {
+        "Authorization": "Basic " + base64.b64encode(f"demo.till:{md5}".encode()).decode(),
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    }
+
+    async def main() -> float:
+        queue = iter(range(requests))
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=concurrency)
+        ) as session:
+
+            async def worker() -> None:
+                for i in queue:
+                    body = json.dumps(
+                        {
+                            "deLinkCustomers": [
+                                {
+                                    "customer": {"mobile": f"9198{i:08d}"},
+                                    "deLinkFromPartnerPrograms": [
+                                        {"partnerProgramName": "partner-02"}
+                                    ],
+                                }
+                            ]
+                        }
+                    ).encode()
+                    async with session.post(base_url + DELINK, data=body, headers=headers) as r:
+                        json.loads(await r.read())
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return time.perf_counter() - t0
+
+    seconds = asyncio.run(main())
+    out.put(requests / seconds)
+
+
+def _write_job(folder: Path, base_url: str, pairs: Path, cpr: int, in_flight: int) -> Path:
+    job = folder / f"job-{cpr}.toml"
+    job.write_text(
+        f'name = "bench-{cpr}"\n[input]\npath = "{pairs}"\nidentifier = "mobile"\n'
+        f'[api]\nbase_url = "{base_url}"\nrate = "100000/second"\nmax_in_flight = {in_flight}\n'
+        f"customers_per_request = {cpr}\n"
+        f'[output]\ndir = "{folder / "out"}"\n'
+    )
+    return job
+
+
+def _run_cli(job: Path) -> tuple[float, float, dict[str, Any]]:
+    """Run `batcher run JOB`; returns wall seconds, peak RSS in MB, and its summary."""
+    env = {**os.environ, "CAPILLARY_USERNAME": "demo.till", "CAPILLARY_PASSWORD": "demo-password"}
+    cmd = [sys.executable, "-m", "batcher.cli", "run", str(job), "--quiet"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=lambda: _pin(1),  # noqa: PLW1509 - pinning only
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    if proc.stderr is not None:
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 1):
+        raise SystemExit(f"batcher run failed ({code}): {err[-2000:]}")
+    out = job.parent / "out" / job.stem.replace("job-", "bench-")
+    summary = json.loads(sorted(out.iterdir())[-1].joinpath("summary.json").read_text())
+    return seconds, usage.ru_maxrss / 1024, summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=6000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--big-pairs", type=int, default=1_000_000)
+    args = parser.parse_args()
+
+    customers = max(args.requests, args.big_pairs // 5) + 10
+    ctx = multiprocessing.get_context("spawn")
+    url_q, stop = ctx.Queue(), ctx.Event()
+    server = ctx.Process(target=_serve, args=(url_q, stop, customers), daemon=True)
+    server.start()
+    base_url = url_q.get(timeout=60)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            # The same number of 1-customer requests for both clients.
+            small = folder / "small.csv"
+            pl.DataFrame(
+                {
+                    "mobile": [f"9198{i:08d}" for i in range(args.requests)],
+                    "partner_program_name": ["partner-01"] * args.requests,
+                }
+            ).write_csv(small)
+            res_q = ctx.Queue()
+            bare = ctx.Process(
+                target=_bare_loop, args=(base_url, args.requests, args.concurrency, res_q)
+            )
+            bare.start()
+            bare_rps = res_q.get(timeout=600)
+            bare.join()
+            _, _, summary = _run_cli(_write_job(folder, base_url, small, 1, args.concurrency))
+            ours_rps = summary["achieved_requests_per_second"]
+            print(f"1-customer requests: {args.requests:,} at concurrency {args.concurrency}")
+            print(f"  bare aiohttp loop : {bare_rps:8.0f} requests/s")
+            print(f"  batcher run       : {ours_rps:8.0f} requests/s (send phase)")
+            print(f"  ratio             : {ours_rps / bare_rps:8.2f}  (target >= 0.75)")
+
+            # End to end: a big job at 50 customers per request.
+            big = folder / "big.parquet"
+            n_customers = args.big_pairs // 5
+            programs = [f"partner-0{p}" for p in range(1, 6)]
+            pl.DataFrame(
+                {
+                    "mobile": [f"9198{i:08d}" for i in range(n_customers) for _ in programs],
+                    "partner_program_name": programs * n_customers,
+                }
+            ).write_parquet(big)
+            seconds, rss_mb, summary = _run_cli(_write_job(folder, base_url, big, 50, args.concurrency))
+            pairs = summary["input"]["rows"]
+            print(f"end to end: {pairs:,} pairs, {summary['requests_sent']:,} requests of 50 customers")
+            print(f"  wall {seconds:.1f} s ({pairs / seconds:,.0f} pairs/s), send phase "
+                  f"{summary['send_seconds']:.1f} s, peak RSS {rss_mb:,.0f} MB")
+            print(f"  counts {summary['counts']}")
+    finally:
+        stop.set()
+        server.join(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
