@@ -463,6 +463,10 @@ def validate_rows(
     frame: pl.DataFrame, identifier: Identifier, id_column: str, program_column: str
 ) -> pl.DataFrame:
     """Add _customer, _program, status, reason, message, duplicate_of (vectorised)."""
+    # Columns read in parallel come in chunks of different sizes; every eager operation on a
+    # frame whose columns are chunked differently first copies all of them into line (about
+    # 900 MB and 1 s for 10M rows, each time). One copy here keeps every later frame aligned.
+    frame = frame.rechunk()
     problems = _problems(identifier, id_column, program_column)
     program_first = len(problems) - 1  # missing_program, then program_too_long
 
@@ -522,7 +526,8 @@ def validate_rows(
         _program=pl.when(valid).then(pl.col("_program")),
         _first=pl.when(valid).then(pl.col("_key").min().over(pair_hash)),
     ).collect()
-    candidates = checked.filter(pl.col("_first") != pl.col("_key"))
+    duplicates = (checked.get_column("_first") != checked.get_column("_key")).arg_true()
+    candidates = checked.select("_key", "_first", "_ckey", "_program")[duplicates]
     if candidates.height:
         firsts = checked.select("_ckey", "_program")[candidates.get_column("_first")]
         same = (firsts.get_column("_ckey") == candidates.get_column("_ckey")) & (
