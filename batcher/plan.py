@@ -97,7 +97,9 @@ def build_plan(pairs: pl.DataFrame, customers_per_request: int, programs_per_cus
     """Plan requests for `pairs` (columns _key, _customer, _program; any subset of valid rows)."""
     if customers_per_request < 1 or programs_per_customer < 1:
         raise ValueError("customers_per_request and programs_per_customer must be positive")
-    base = pairs.lazy().select(pl.col("_key").cast(pl.Int64), "_customer", "_program").sort("_key")
+    base = pairs.lazy().select(pl.col("_key").cast(pl.Int64), "_customer", "_program")
+    if not pairs.get_column("_key").is_sorted():  # source's pairs are; sorting them is a copy
+        base = base.sort("_key")
     # Customer order is first appearance: a customer is known by its first row's _key. Grouping
     # on a 64-bit hash of the customer is much cheaper than on the string; a collision would
     # merge two customers, which the check below sees, and then the exact grouping runs.
