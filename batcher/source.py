@@ -11,6 +11,7 @@ import codecs
 import glob as globlib
 import hashlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -130,7 +131,10 @@ class Source:
 
     def pairs(self) -> pl.DataFrame:
         """The valid rows as the planner wants them: _key, _customer, _program."""
-        return self.rows.filter(pl.col("status") == "valid").select("_key", "_customer", "_program")
+        pairs = self.rows.select("_key", "_customer", "_program")
+        valid = self.rows.get_column("status") == "valid"
+        # Usually every row is valid: then filtering would only copy the three columns.
+        return pairs if valid.all() else pairs.filter(valid)
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -581,7 +585,32 @@ def validate_rows(
 def load_source(job: Job) -> Source:
     """Read the job's input (file or glob) and validate every row; InputError if unusable."""
     paths, is_glob = _resolve_files(job)
-    files = [_describe(p) for p in paths]
+    # hashlib releases the GIL: the files are hashed while polars reads and checks them.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        described = pool.submit(lambda: [_describe(p) for p in paths])
+        try:
+            fmt, columns, rows, id_col, prog_col, notes = _load_rows(job, paths)
+        except BaseException:
+            described.result()  # an unreadable file is reported as such, before anything else
+            raise
+        files = described.result()
+    return Source(
+        files=files,
+        format=fmt,
+        columns=columns,
+        rows=rows,
+        identifier=job.input.identifier,
+        identifier_column=id_col,
+        program_column=prog_col,
+        is_glob=is_glob,
+        notes=notes,
+    )
+
+
+def _load_rows(
+    job: Job, paths: list[Path]
+) -> tuple[Format, list[str], pl.DataFrame, str, str, list[str]]:
+    """(format, input columns, validated rows, identifier column, program column, notes)."""
     formats = {p: _format_of(p) for p in paths}
     kinds = set(formats.values())
     if len(kinds) > 1:
@@ -609,14 +638,4 @@ def load_source(job: Job) -> Source:
         ) from e
     combined = combined.with_row_index("_key").with_columns(pl.col("_key").cast(pl.Int64))
     rows = validate_rows(combined, job.input.identifier, id_col, prog_col)
-    return Source(
-        files=files,
-        format=fmt,
-        columns=columns,
-        rows=rows,
-        identifier=job.input.identifier,
-        identifier_column=id_col,
-        program_column=prog_col,
-        is_glob=is_glob,
-        notes=notes,
-    )
+    return fmt, columns, rows, id_col, prog_col, notes
