@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -283,7 +284,15 @@ def parse_quota(text: str) -> Quota:
 
 
 def _is_loopback(host: str | None) -> bool:
-    return host is not None and (host in ("localhost", "::1", "[::1]") or host.startswith("127."))
+    # An address, not a prefix: "127.0.0.1.nip.io" is a public name that resolves anywhere.
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_base_url(path: Path, url: str) -> None:
