@@ -102,8 +102,8 @@ def test_soak_every_fault_at_once_then_retry_finishes_the_job(
     snap = sim.snapshot()
     counters = snap["counters"]
     outcomes = pl.read_parquet(parent / "outcomes.parquet")
-    print("\nfirst run:", {k: summary.get(k) for k in ("elapsed_seconds", "requests_sent", "throttled",
-          "retries", "splits", "counts")}, counters)
+    keys = ("elapsed_seconds", "requests_sent", "throttled", "retries", "splits", "counts")
+    print("\nfirst run:", {k: summary.get(k) for k in keys}, counters)
 
     # One outcome per row, and the counts add up to the rows read.
     assert outcomes.height == ROWS
