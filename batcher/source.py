@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import glob as globlib
 import hashlib
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ REASONS = (
     "invalid_id",
     "missing_program",
     "program_too_long",
+    "invalid_program",
 )
 
 # Enums, not free text: 10M rows of "valid" would cost more memory than the data itself.
@@ -85,7 +87,9 @@ _PLAIN_IDENTIFIER_RE: dict[Identifier, str] = {
     "externalId": rf"^[^\s'](.{{0,{EXTERNAL_ID_MAX_CHARS - 2}}}\S)?$",
     "id": rf"^[1-9][0-9]{{0,{ID_MAX_DIGITS - 1}}}$",
 }
-_PLAIN_PROGRAM_RE = rf"^[^\s'](.{{0,{PROGRAM_MAX_CHARS - 2}}}\S)?$"
+_PLAIN_PROGRAM_RE = rf"^[^\s'\x00-\x1f\x7f]([^\x00-\x1f\x7f]{{0,{PROGRAM_MAX_CHARS - 2}}}\S)?$"
+# A NUL, newline or other control character inside a program name is a broken export, not a name.
+_CONTROL_CHARS_RE = r"[\x00-\x1f\x7f]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +334,18 @@ def _read_file(
         )
         return empty, inp.identifier_column, inp.program_column
 
+    # polars renames a repeated header to <name>_duplicated_<n>: which one is meant is a guess.
+    repeated = [
+        base
+        for n in names
+        if (m := re.fullmatch(r"(.+)_duplicated_[0-9]+", n)) and (base := m.group(1)) in names
+    ]
+    if repeated:
+        base = repeated[0]
+        raise InputError(
+            f"Input file {path} has the column {base!r} more than once in its header.",
+            hint="Rename or remove the repeated column, so each column name is used once.",
+        )
     mapping = _columns_after_rules(names, notes, label)
     kept = {old: new for old, new in mapping.items() if new is not None}
     id_col = kept.get(inp.identifier_column)
@@ -413,6 +429,7 @@ def _problems(identifier: Identifier, id_column: str, program_column: str) -> li
         *identifier_problems,
         ("missing_program", f"the {program_column} column is empty"),
         ("program_too_long", f"program name is longer than {PROGRAM_MAX_CHARS} characters"),
+        ("invalid_program", "program name holds a control character (NUL, newline, tab, ...)"),
     ]
 
 
@@ -472,7 +489,7 @@ def validate_rows(
     # 900 MB and 1 s for 10M rows, each time). One copy here keeps every later frame aligned.
     frame = frame.rechunk()
     problems = _problems(identifier, id_column, program_column)
-    program_first = len(problems) - 1  # missing_program, then program_too_long
+    program_first = len(problems) - 2  # missing_program, program_too_long, invalid_program
 
     def clean_identifier(raw: pl.Series) -> pl.DataFrame:
         value, failures = _customer_checks(identifier)
@@ -491,7 +508,11 @@ def validate_rows(
 
     def clean_program(raw: pl.Series) -> pl.DataFrame:
         text = pl.col("_value")
-        conditions = [text.is_null() | (text == ""), text.str.len_chars() > PROGRAM_MAX_CHARS]
+        conditions = [
+            text.is_null() | (text == ""),
+            text.str.len_chars() > PROGRAM_MAX_CHARS,
+            text.str.contains(_CONTROL_CHARS_RE),
+        ]
         return (
             raw.rename("_value")
             .to_frame()
