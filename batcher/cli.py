@@ -35,6 +35,14 @@ def _friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except BatcherError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            # The send loop handles its own signals; this is Ctrl-C while loading or writing.
+            click.echo(
+                "Interrupted. If a run had started, `batcher runs JOB` shows it and "
+                "`batcher resume RUN_DIR` carries it on.",
+                err=True,
+            )
+            sys.exit(3)
 
     return wrapper
 
