@@ -87,7 +87,9 @@ _PLAIN_IDENTIFIER_RE: dict[Identifier, str] = {
     "externalId": rf"^[^\s'](.{{0,{EXTERNAL_ID_MAX_CHARS - 2}}}\S)?$",
     "id": rf"^[1-9][0-9]{{0,{ID_MAX_DIGITS - 1}}}$",
 }
-_PLAIN_PROGRAM_RE = rf"^[^\s'\x00-\x1f\x7f]([^\x00-\x1f\x7f]{{0,{PROGRAM_MAX_CHARS - 2}}}\S)?$"
+_PLAIN_PROGRAM_RE = (
+    rf"^[^\s'\x00-\x1f\x7f]([^\x00-\x1f\x7f]{{0,{PROGRAM_MAX_CHARS - 2}}}[^\s\x00-\x1f\x7f])?$"
+)
 # A NUL, newline or other control character inside a program name is a broken export, not a name.
 _CONTROL_CHARS_RE = r"[\x00-\x1f\x7f]"
 

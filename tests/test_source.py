@@ -390,3 +390,14 @@ def test_normalised_mobile_is_ascii_digits_or_rejected(text: str) -> None:
     if got is not None:
         assert got.isascii() and got.isdigit() and 8 <= len(got) <= 15
         assert [c for c in text if c.isascii() and c.isdigit()] == list(got)
+
+
+@pytest.mark.parametrize("program", ["p1\x00", "p1\x07", "\x00p1", "p\x1f1"])
+def test_program_with_a_control_character_anywhere_is_rejected(program: str) -> None:
+    frame = pl.DataFrame(
+        {"_key": [0], "row": [1], "source_file": ["f"], "mobile": ["919800000001"],
+         "partner_program_name": [program]},
+        schema_overrides={"_key": pl.Int64, "row": pl.Int64},
+    )
+    got = validate_rows(frame, "mobile", "mobile", "partner_program_name")
+    assert got.select("status", "reason").row(0) == ("rejected", "invalid_program")
