@@ -257,3 +257,51 @@ def test_retry_after_the_fault_is_gone_then_report_merges_one_row_per_input_row(
     again = run_cli("report", str(child), "--out", str(tmp_path / "merged.csv"))
     assert again.returncode == 0
     assert pl.read_csv(tmp_path / "merged.csv", infer_schema=False).height == rows
+
+
+def test_a_second_interrupt_stops_at_once_and_the_journal_keeps_what_was_confirmed(
+    tmp_path: Path, simulator: Sim
+) -> None:
+    sim = simulator(clean_profile(latency={"fixed_ms": 300}))
+    rows = write_pairs(tmp_path / "pairs.csv", range(400), PROGRAMS)
+    job = write_job(tmp_path, sim.base_url, api={"rate": "40/second", "customers_per_request": 2})
+    proc = start_cli("run", str(job), "--quiet")
+    wait_for_journal(tmp_path / "out", 40, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+
+    assert proc.returncode == 3, stderr
+    assert "Traceback" not in stderr
+    run_dir = only_run_dir(tmp_path / "out")
+    assert "stopped at once" in read_summary(run_dir)["stopped"]
+    journal = read_journal(run_dir / JOURNAL_NAME)
+    served = {(p["mobile"], p["program"]) for p in sim.snapshot()["pairs"] if p["delinked"]}
+    confirmed = set(zip(journal["cu"].to_list(), journal["pr"].to_list(), strict=True))
+    assert confirmed <= served  # nothing called done that the server did not do
+    outcomes = pl.read_parquet(run_dir / "outcomes.parquet")
+    assert outcomes.height == rows
+
+    resumed = run_cli("resume", str(run_dir), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_summary(run_dir)["counts"]["delinked"] == rows
+
+
+def test_runs_of_different_jobs_may_run_at_once(tmp_path: Path, simulator: Sim) -> None:
+    sim = simulator(clean_profile())
+    procs = []
+    for name in ("job-a", "job-b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        first = 0 if name == "job-a" else 300
+        write_pairs(folder / "pairs.csv", range(first, first + 300), PROGRAMS)
+        job = write_job(
+            folder, sim.base_url, name=name,
+            api={"rate": "20/second", "customers_per_request": 10},
+        )
+        procs.append(start_cli("run", str(job), "--quiet"))
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+    assert sim.still_linked("mobile", [(mobile(i), p) for i in range(600) for p in PROGRAMS]) == []
