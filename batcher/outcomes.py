@@ -80,8 +80,20 @@ class Outcome:
     note: str | None = None
 
 
+def _number(value: int | None) -> str:
+    return "null" if value is None else str(int(value))
+
+
+_clock_ms = [0, ""]  # the last millisecond formatted: answers come thousands a second
+
+
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC now, ISO 8601 to the millisecond, with a Z."""
+    ms = time.time_ns() // 1_000_000
+    if ms != _clock_ms[0]:
+        stamp = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+        _clock_ms[0], _clock_ms[1] = ms, stamp.replace("+00:00", "Z")
+    return str(_clock_ms[1])
 
 
 class Journal:
@@ -99,31 +111,34 @@ class Journal:
         self._buffer: list[str] = []
         self._flush_every_s = flush_every_s
         self._last_flush = time.monotonic()
+        self._encoded: dict[str, str] = {}
         self.counts: Counter[str] = Counter()
         self.codes: Counter[tuple[str, int | None, str | None]] = Counter()
 
-    def record(self, outcome: Outcome) -> None:
-        finished_at = utc_now()
+    def _text(self, value: str | None) -> str:
+        """JSON for a string; the values repeat a lot (programs, messages), so they are cached."""
+        if value is None:
+            return "null"
+        encoded = self._encoded.get(value)
+        if encoded is None:
+            if len(self._encoded) > 50_000:
+                self._encoded.clear()
+            encoded = self._encoded[value] = json.dumps(value, ensure_ascii=False)
+        return encoded
+
+    def record(self, outcome: Outcome, finished_at: str | None = None) -> None:
+        """Buffer one outcome (a JSON object per line); flushed at least every second."""
+        status = outcome.status.value
+        text = self._text
         self._buffer.append(
-            json.dumps(
-                {
-                    "k": outcome.key,
-                    "cu": outcome.customer,
-                    "pr": outcome.program,
-                    "s": outcome.status.value,
-                    "c": outcome.code,
-                    "m": outcome.message,
-                    "cid": outcome.customer_id,
-                    "rid": outcome.request_id,
-                    "a": outcome.attempts,
-                    "t": finished_at,
-                    "n": outcome.note,
-                },
-                ensure_ascii=False,
-            )
+            f'{{"k":{outcome.key},"cu":{text(outcome.customer)},"pr":{text(outcome.program)},'
+            f'"s":"{status}","c":{_number(outcome.code)},"m":{text(outcome.message)},'
+            f'"cid":{_number(outcome.customer_id)},"rid":{text(outcome.request_id)},'
+            f'"a":{outcome.attempts},"t":{text(finished_at or utc_now())},'
+            f'"n":{text(outcome.note)}}}'
         )
-        self.counts[outcome.status.value] += 1
-        self.codes[(outcome.status.value, outcome.code, outcome.message)] += 1
+        self.counts[status] += 1
+        self.codes[(status, outcome.code, outcome.message)] += 1
         if time.monotonic() - self._last_flush >= self._flush_every_s:
             self.flush()
 

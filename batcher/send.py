@@ -282,14 +282,15 @@ class Sender:
     async def _send(self, session: aiohttp.ClientSession, batch: Batch) -> None:
         entries = [Entry(c.customer, tuple(p.program for p in c.pairs)) for c in batch.customers]
         body = json.dumps(contract.build_body(self._identifier, entries)).encode()
+        # Write-ahead: after a crash, these pairs may have been processed. Before the slot, so
+        # the fsync's variable delay never comes between the pacer's slot and the send.
+        await self._journal.intend(
+            [(c.customer, p.program) for c in batch.customers for p in c.pairs]
+        )
         sent_at = await self.pacer.slot()
         if self.stop_reason is not None:
             self._fixed.appendleft(batch)  # stopped while waiting: it was never sent
             return
-        # Write-ahead: after a crash, these pairs may have been processed.
-        await self._journal.intend(
-            [(c.customer, p.program) for c in batch.customers for p in c.pairs]
-        )
         headers, token = await self._auth.headers(session)
         for c in batch.customers:
             for p in c.pairs:
