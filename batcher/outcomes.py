@@ -80,6 +80,11 @@ class Outcome:
     note: str | None = None
 
 
+def _fsync_all(*fds: int) -> None:
+    for fd in fds:
+        os.fsync(fd)
+
+
 def _number(value: int | None) -> str:
     return "null" if value is None else str(int(value))
 
@@ -167,9 +172,16 @@ class Journal:
     async def _sync_intents(self) -> None:
         upto = self._intents_written
         try:
+            # The outcomes buffered so far ride along: one fsync pass makes both durable, so
+            # a crash loses at most the answers of the last moment, not of the last second.
+            if self._buffer:
+                self._file.write("\n".join(self._buffer) + "\n")
+                self._buffer.clear()
+            self._file.flush()
             self._intents.flush()
-            await asyncio.to_thread(os.fsync, self._intents.fileno())
+            await asyncio.to_thread(_fsync_all, self._intents.fileno(), self._file.fileno())
             self._intents_synced = max(self._intents_synced, upto)
+            self._last_flush = time.monotonic()
         finally:
             self._sync_task = None
 
