@@ -153,7 +153,7 @@ def retry(
     columns: list[str] = manifest["input"]["columns"]
     fmt = manifest["input"]["format"]
     roots = _root_rows(parent_dir, outcomes)
-    picked = picked.join(roots, on="row", how="left")
+    picked = picked.join(roots, on="row", how="left", maintain_order="left")
     _, run_dir = create_run_dir(job)
     input_path = run_dir / f"input.{fmt}"
     write_table(picked.select(columns), input_path, fmt)
@@ -212,7 +212,7 @@ def merged_report(run_dir: Path) -> tuple[pl.DataFrame, list[str]]:
             *(pl.col(c).alias(f"{c}__new") for c in OUTCOME_FIELDS),
         )
         on = ["row", "source_file"] if key_file else ["row"]
-        merged = merged.join(mapped, on=on, how="left", nulls_equal=True)
+        merged = merged.join(mapped, on=on, how="left", nulls_equal=True, maintain_order="left")
         has_new = pl.col("status__new").is_not_null()
         merged = merged.with_columns(
             *(

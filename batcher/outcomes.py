@@ -260,10 +260,16 @@ def assemble_outcomes(
     Journal lines are matched by pair (customer, program), so that a resume whose input was
     changed (with --force) still gives each row the answer its own pair got.
     """
-    joined = rows.join(
-        journal.drop("k"), left_on=["_customer", "_program"], right_on=["cu", "pr"], how="left"
-    )
     valid = pl.col("status") == "valid"
+    # Only valid rows were sent: a duplicate shares its pair with the row it repeats, but not
+    # that row's answer (null keys never match).
+    joined = rows.join(
+        journal.drop("k"),
+        left_on=[pl.when(valid).then(pl.col("_customer")), pl.when(valid).then(pl.col("_program"))],
+        right_on=["cu", "pr"],
+        how="left",
+        maintain_order="left",
+    )
     out = joined.select(
         "row",
         *(["source_file"] if "source_file" in rows.columns else []),

@@ -131,7 +131,7 @@ def _plan_input(source: Source, confirmed: pl.DataFrame | None) -> pl.DataFrame:
     pairs = source.pairs()
     if confirmed is not None and confirmed.height:
         done = confirmed.select(pl.col("cu").alias("_customer"), pl.col("pr").alias("_program"))
-        pairs = pairs.join(done, on=["_customer", "_program"], how="anti")
+        pairs = pairs.join(done, on=["_customer", "_program"], how="anti", maintain_order="left")
     return pairs
 
 

@@ -106,7 +106,10 @@ def test_every_status_with_its_code(tmp_path: Path, simulator: Sim) -> None:
     assert (statuses[12], codes[12]) == ("failed", 2006)
     assert statuses[13] == statuses[14] == "rejected"
     assert statuses[15] == "duplicate"
-    assert out.filter(pl.col("row") == 15)["duplicate_of"].item() == 3
+    duplicate = out.filter(pl.col("row") == 15)
+    assert duplicate["duplicate_of"].item() == 3
+    # It was never sent: it does not borrow the answer of the row it repeats.
+    assert duplicate["code"].item() is None and duplicate["request_id"].item() is None
     assert out.filter(pl.col("status") == "delinked")["request_id"].null_count() == 0
     # The failures file holds the two failed rows, original columns first.
     failures = pl.read_csv(run_dir / "failures.csv", infer_schema=False)
