@@ -45,7 +45,9 @@ def _serve(url_out: Any, stop: Any, customers: int) -> None:
     from batcher.simulator.server import Simulator
 
     async def main() -> None:
-        profile = profile_from_dict({"seed": 1, "state": {"customers": customers, "program_count": 5}})
+        profile = profile_from_dict(
+            {"seed": 1, "state": {"customers": customers, "program_count": 5}}
+        )
         sim = Simulator(profile)
         await sim.start()
         url_out.put(sim.base_url)
@@ -115,8 +117,12 @@ def _run_cli(job: Path) -> tuple[float, float, dict[str, Any]]:
     cmd = [sys.executable, "-m", "batcher.cli", "run", str(job), "--quiet"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        preexec_fn=lambda: _pin(1),  # noqa: PLW1509 - pinning only
+        cmd,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: _pin(1),
     )
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
@@ -179,11 +185,18 @@ def main() -> None:
                     "partner_program_name": programs * n_customers,
                 }
             ).write_parquet(big)
-            seconds, rss_mb, summary = _run_cli(_write_job(folder, base_url, big, 50, args.concurrency))
+            seconds, rss_mb, summary = _run_cli(
+                _write_job(folder, base_url, big, 50, args.concurrency)
+            )
             pairs = summary["input"]["rows"]
-            print(f"end to end: {pairs:,} pairs, {summary['requests_sent']:,} requests of 50 customers")
-            print(f"  wall {seconds:.1f} s ({pairs / seconds:,.0f} pairs/s), send phase "
-                  f"{summary['send_seconds']:.1f} s, peak RSS {rss_mb:,.0f} MB")
+            print(
+                f"end to end: {pairs:,} pairs, "
+                f"{summary['requests_sent']:,} requests of 50 customers"
+            )
+            print(
+                f"  wall {seconds:.1f} s ({pairs / seconds:,.0f} pairs/s), send phase "
+                f"{summary['send_seconds']:.1f} s, peak RSS {rss_mb:,.0f} MB"
+            )
             print(f"  counts {summary['counts']}")
     finally:
         stop.set()

@@ -1,4 +1,4 @@
-"""Shared fixtures: the simulator on a real loopback port, job files on disk, the CLI as a user runs it."""
+"""Shared fixtures: the simulator on a loopback port, job files on disk, the CLI in a subprocess."""
 
 from __future__ import annotations
 
@@ -57,9 +57,7 @@ def simulator() -> Iterator[Callable[[Profile], SimulatorThread]]:
         sim.stop()
 
 
-def write_pairs(
-    path: Path, customers: range, programs: list[str], *, extra: bool = True
-) -> int:
+def write_pairs(path: Path, customers: range, programs: list[str], *, extra: bool = True) -> int:
     """Write a CSV or Parquet of (mobile, program) pairs; returns the number of rows."""
     data = {
         "mobile": [mobile(i) for i in customers for _ in programs],

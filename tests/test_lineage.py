@@ -60,7 +60,9 @@ def journal_lines(out: Path, job: str = "e2e") -> int:
         return sum(1 for _ in f)
 
 
-def wait_for_journal(out: Path, lines: int, proc: subprocess.Popen[str], limit_s: float = 60) -> None:
+def wait_for_journal(
+    out: Path, lines: int, proc: subprocess.Popen[str], limit_s: float = 60
+) -> None:
     deadline = time.monotonic() + limit_s
     while journal_lines(out) < lines:
         assert proc.poll() is None, f"the run ended before {lines} outcomes: {proc.communicate()}"
@@ -117,7 +119,10 @@ def test_sigkill_at_random_points_then_resume_loses_and_resends_nothing_confirme
     lost = rows - outcomes.filter(pl.col("status") == "delinked").height
     print(f"\nkill points {kill_points}: resent pairs {resent}, lost rows {lost}")
     assert lost == 0
-    assert sim.still_linked("mobile", [(mobile(i), p) for i in range(customers) for p in PROGRAMS]) == []
+    assert (
+        sim.still_linked("mobile", [(mobile(i), p) for i in range(customers) for p in PROGRAMS])
+        == []
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -180,10 +185,17 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path, simulator: 
     job = write_job(tmp_path, sim.base_url)
     lock = tmp_path / "out" / "e2e" / ".lock"
     lock.parent.mkdir(parents=True)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    lock.write_text(json.dumps({"pid": int(dead.stdout), "run_id": "x", "started_at": "then",
-                                "released_at": None}))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lock.write_text(
+        json.dumps(
+            {"pid": int(dead.stdout), "run_id": "x", "started_at": "then", "released_at": None}
+        )
+    )
 
     result = run_cli("run", str(job), "--quiet")
 
@@ -270,7 +282,7 @@ def test_a_second_interrupt_stops_at_once_and_the_journal_keeps_what_was_confirm
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    _stdout, stderr = proc.communicate(timeout=60)
 
     assert proc.returncode == 3, stderr
     assert "Traceback" not in stderr
@@ -297,11 +309,13 @@ def test_runs_of_different_jobs_may_run_at_once(tmp_path: Path, simulator: Sim) 
         first = 0 if name == "job-a" else 300
         write_pairs(folder / "pairs.csv", range(first, first + 300), PROGRAMS)
         job = write_job(
-            folder, sim.base_url, name=name,
+            folder,
+            sim.base_url,
+            name=name,
             api={"rate": "20/second", "customers_per_request": 10},
         )
         procs.append(start_cli("run", str(job), "--quiet"))
     for proc in procs:
-        stdout, stderr = proc.communicate(timeout=120)
+        _stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, stderr
     assert sim.still_linked("mobile", [(mobile(i), p) for i in range(600) for p in PROGRAMS]) == []

@@ -60,7 +60,9 @@ def test_clean_run_delinks_every_linked_pair_on_the_server(tmp_path: Path, simul
     assert sim.still_linked("mobile", pairs_of(300)) == []
     # The server's truth matches the client's word pair by pair.
     outcomes = outcomes_of(run_dir)
-    for m, program, status in outcomes.select("mobile", "partner_program_name", "status").iter_rows():
+    for m, program, status in outcomes.select(
+        "mobile", "partner_program_name", "status"
+    ).iter_rows():
         assert served[(m, program)]["attempts"] == 1
         assert (served[(m, program)]["delinked"] == 1) == (status == "delinked")
     assert counts["delinked"] == sum(p["delinked"] for p in snap["pairs"])
@@ -239,8 +241,12 @@ def test_oauth_token_is_refreshed_as_it_expires(tmp_path: Path, simulator: Sim) 
     job = write_job(
         tmp_path,
         sim.base_url,
-        api={"auth": "oauth", "rate": "30/second", "customers_per_request": 1,
-             "token_refresh_margin_seconds": 0},
+        api={
+            "auth": "oauth",
+            "rate": "30/second",
+            "customers_per_request": 1,
+            "token_refresh_margin_seconds": 0,
+        },
     )
 
     result = run_cli("run", str(job))
@@ -330,6 +336,12 @@ def test_demo_job_runs_on_the_embedded_simulator(tmp_path: Path) -> None:
     assert summary["counts"]["delinked"] > 0
     assert summary["counts"]["rejected"] > 0
     assert summary["retries"] + summary["throttled"] > 0, "the demo should show some retries"
-    for name in ("outcomes.parquet", "failures.csv", "rejects.csv", "summary.json", "run.log.jsonl"):
+    for name in (
+        "outcomes.parquet",
+        "failures.csv",
+        "rejects.csv",
+        "summary.json",
+        "run.log.jsonl",
+    ):
         assert (run_dir / name).is_file(), name
     assert (REPO / "jobs" / "demo.toml").is_file()
