@@ -183,6 +183,13 @@ def run(
     send(lambda p: execute(job, progress=p))
 
 
+def _quota_of_run(run_dir: Path) -> float:
+    """The quota (requests/s) of the job a run folder belongs to, for the progress display."""
+    from batcher.lineage import job_of_run, read_manifest
+
+    return job_of_run(run_dir.resolve(), read_manifest(run_dir.resolve())).api.quota.rate_per_s
+
+
 @main.command(name="resume")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--force", is_flag=True, help="Resume even if the input files changed.")
@@ -192,12 +199,11 @@ def resume_command(
     run_dir: Path, force: bool, quiet: bool, progress_every_s: float, log_format: str
 ) -> None:
     """Carry on an interrupted run; pairs with a confirmed outcome are not sent again."""
-    from batcher.lineage import job_of_run, read_manifest, resume
+    from batcher.lineage import resume
 
-    job = job_of_run(run_dir.resolve(), read_manifest(run_dir.resolve()))
     _send(
         lambda p: resume(run_dir, force=force, progress=p),
-        quota_per_s=job.api.quota.rate_per_s,
+        quota_per_s=_quota_of_run(run_dir),
         quiet=quiet,
         progress_every_s=progress_every_s,
         log_format=log_format,
@@ -218,12 +224,11 @@ def retry_command(
     run_dir: Path, include_failed: bool, quiet: bool, progress_every_s: float, log_format: str
 ) -> None:
     """A new run of RUN_DIR's job over its retryable (with --all, also failed) rows."""
-    from batcher.lineage import job_of_run, read_manifest, retry
+    from batcher.lineage import retry
 
-    job = job_of_run(run_dir.resolve(), read_manifest(run_dir.resolve()))
     _send(
         lambda p: retry(run_dir, include_failed=include_failed, progress=p),
-        quota_per_s=job.api.quota.rate_per_s,
+        quota_per_s=_quota_of_run(run_dir),
         quiet=quiet,
         progress_every_s=progress_every_s,
         log_format=log_format,

@@ -41,6 +41,16 @@ TRANSIENT_STATUSES = frozenset({408, 425, 500, 502, 503, 504, 521})
 # Whole-request answers that mean one item spoiled the batch: split until it stands alone.
 SPLIT_STATUSES = frozenset({400, 413})
 AUTH_STATUSES = frozenset({401, contract.TOKEN_EXPIRED_CODE})
+VERDICT_STATUS = {
+    Verdict.DELINKED: Status.DELINKED,
+    Verdict.NOT_LINKED: Status.NOT_LINKED,
+    Verdict.FAILED: Status.FAILED,
+}
+# "Not linked" on a resend after an attempt whose answer was lost: that attempt did the delink.
+LOST_ANSWER_NOTE = (
+    "not linked on this attempt: an earlier attempt whose answer was lost most likely did "
+    "the delink"
+)
 # Throttles do not use up a pair's attempts (nothing was processed), but they are bounded.
 THROTTLES_PER_ATTEMPT = 3
 
@@ -477,50 +487,23 @@ class Sender:
                         counted=True,
                     )
                     continue
-                v = st.verdict
-                if v is Verdict.DELINKED:
-                    self._record(
-                        p,
-                        Status.DELINKED,
-                        st.code,
-                        st.message,
-                        customer_id=res.customer_id,
-                        request_id=request_id,
-                    )
-                elif v is Verdict.NOT_LINKED:
-                    if p.maybe_sent:
-                        self._record(
-                            p,
-                            Status.DELINKED,
-                            st.code,
-                            st.message,
-                            customer_id=res.customer_id,
-                            request_id=request_id,
-                            note="not linked on this attempt: an earlier attempt whose "
-                            "answer was lost most likely did the delink",
-                        )
-                    else:
-                        self._record(
-                            p,
-                            Status.NOT_LINKED,
-                            st.code,
-                            st.message,
-                            customer_id=res.customer_id,
-                            request_id=request_id,
-                        )
-                elif v is Verdict.FAILED:
-                    self._record(
-                        p,
-                        Status.FAILED,
-                        st.code,
-                        st.message,
-                        customer_id=res.customer_id,
-                        request_id=request_id,
-                    )
-                else:
+                if st.verdict is Verdict.TRANSIENT:
                     again_pairs += self._give_up_or_retry(
                         [p], st.code, st.message, request_id, maybe_sent=False, counted=True
                     )
+                    continue
+                status, note = VERDICT_STATUS[st.verdict], None
+                if status is Status.NOT_LINKED and p.maybe_sent:
+                    status, note = Status.DELINKED, LOST_ANSWER_NOTE
+                self._record(
+                    p,
+                    status,
+                    st.code,
+                    st.message,
+                    customer_id=res.customer_id,
+                    request_id=request_id,
+                    note=note,
+                )
             if again_pairs:
                 retry.append(PendingCustomer(cust.customer, again_pairs))
         self._schedule(retry)
