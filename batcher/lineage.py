@@ -18,7 +18,7 @@ import structlog
 from batcher.errors import BatcherError, InputError
 from batcher.export import write_table
 from batcher.job import Job, load_job
-from batcher.outcomes import STATUSES, Status
+from batcher.outcomes import JOURNAL_NAME, STATUSES, Status, unconfirmed_sends
 from batcher.run import MANIFEST_NAME, RunResult, execute
 from batcher.rundir import create_run_dir, job_output_dir
 from batcher.source import Format, load_source
@@ -165,7 +165,13 @@ def retry(
     ).write_parquet(run_dir / ORIGIN_NAME)
     child = job.with_overrides(input_path=str(input_path))
     log.info("retry.started", parent=parent_dir.name, rows=picked.height, statuses=wanted)
-    return execute(replace(child), run_dir=run_dir, parent=parent_dir.name, progress=progress)
+    return execute(
+        replace(child),
+        run_dir=run_dir,
+        parent=parent_dir.name,
+        progress=progress,
+        maybe_sent=unconfirmed_sends(parent_dir / JOURNAL_NAME),
+    )
 
 
 def _runs_of(job_dir: Path) -> dict[str, dict[str, Any]]:

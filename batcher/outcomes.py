@@ -50,6 +50,7 @@ JOURNAL_SCHEMA = {
     "a": pl.Int64,  # attempts
     "t": pl.String,  # finished_at, UTC ISO 8601
     "n": pl.String,  # note
+    "ms": pl.Boolean,  # retryable only: an attempt may have been processed, its answer lost
 }
 
 OUTCOME_COLUMNS = (
@@ -78,6 +79,7 @@ class Outcome:
     request_id: str | None = None
     attempts: int = 0
     note: str | None = None
+    maybe_sent: bool = False
 
 
 def _fsync_all(*fds: int) -> None:
@@ -140,7 +142,7 @@ class Journal:
             f'"s":"{status}","c":{_number(outcome.code)},"m":{text(outcome.message)},'
             f'"cid":{_number(outcome.customer_id)},"rid":{text(outcome.request_id)},'
             f'"a":{outcome.attempts},"t":{text(finished_at or utc_now())},'
-            f'"n":{text(outcome.note)}}}'
+            f'"n":{text(outcome.note)},"ms":{"true" if outcome.maybe_sent else "false"}}}'
         )
         self.counts[status] += 1
         self.codes[(status, outcome.code, outcome.message)] += 1
@@ -249,6 +251,21 @@ def read_intents(path: Path) -> set[tuple[str, str]]:
             except (ValueError, TypeError):
                 continue  # a torn last line: its request was never sent
     return sent
+
+
+def unconfirmed_sends(journal_path: Path) -> set[tuple[str, str]]:
+    """Pairs of a finished run that may have been processed although no answer said so.
+
+    Those given up as `retryable` after an attempt whose answer was lost, and those sent with
+    no journal line at all (in flight when the run was stopped at once, or killed). A later run
+    that hears "not linked" for one of them knows the delink was done.
+    """
+    journal = read_journal(journal_path)
+    flagged = journal.filter((pl.col("s") == Status.RETRYABLE.value) & pl.col("ms").fill_null(True))
+    answered = set(zip(journal["cu"].to_list(), journal["pr"].to_list(), strict=True))
+    return (read_intents(journal_path) - answered) | set(
+        zip(flagged["cu"].to_list(), flagged["pr"].to_list(), strict=True)
+    )
 
 
 def assemble_outcomes(

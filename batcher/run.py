@@ -141,18 +141,22 @@ def execute(
     run_dir: Path | None = None,
     parent: str | None = None,
     progress: Any = None,
+    maybe_sent: set[tuple[str, str]] | None = None,
 ) -> RunResult:
     """Run the job end to end and write every result file. Raises BatcherError before sending.
 
     `run_dir`: a run folder made beforehand (by `retry`), or an earlier run's folder to resume:
     a folder with a manifest is resumed, and its confirmed pairs are not sent again.
+    `maybe_sent`: pairs an earlier run may have delinked without hearing so (for `retry`).
     """
     credentials = resolve_credentials(job)
     source = load_source(job)
     lock = job_lock(job_output_dir(job))
     stale = lock.acquire(run_dir.name if run_dir is not None else "(new)")
     try:
-        return _execute_locked(job, credentials, source, run_dir, parent, progress, stale)
+        return _execute_locked(
+            job, credentials, source, run_dir, parent, progress, stale, maybe_sent or set()
+        )
     finally:
         lock.release()
 
@@ -165,6 +169,7 @@ def _execute_locked(
     parent: str | None,
     progress: Any,
     stale_lock: dict[str, Any] | None,
+    inherited_maybe_sent: set[tuple[str, str]],
 ) -> RunResult:
     resuming = run_dir is not None and (run_dir / MANIFEST_NAME).is_file()
     if run_dir is None:
@@ -188,11 +193,11 @@ def _execute_locked(
             write_json(run_dir / MANIFEST_NAME, _manifest(job, run_id, source, parent))
         journal_path = run_dir / JOURNAL_NAME
         confirmed = None
-        maybe_sent: set[tuple[str, str]] = set()
+        maybe_sent = set(inherited_maybe_sent)
         if resuming:
             done = read_journal(journal_path)
             confirmed = done.filter(pl.col("s").is_in(CONFIRMED))
-            maybe_sent = read_intents(journal_path) - set(
+            maybe_sent |= read_intents(journal_path) - set(
                 zip(confirmed["cu"].to_list(), confirmed["pr"].to_list(), strict=True)
             )
             log.info(

@@ -391,6 +391,7 @@ class Sender:
         customer_id: int | None = None,
         request_id: str | None = None,
         note: str | None = None,
+        maybe_sent: bool = False,
     ) -> None:
         self._journal.record(
             Outcome(
@@ -404,6 +405,7 @@ class Sender:
                 request_id,
                 pair.attempts,
                 note,
+                maybe_sent,
             )
         )
 
@@ -533,6 +535,7 @@ class Sender:
                     message,
                     request_id=request_id,
                     note=f"gave up after {p.attempts} attempts",
+                    maybe_sent=p.maybe_sent,
                 )
             else:
                 again.append(p)

@@ -319,3 +319,30 @@ def test_runs_of_different_jobs_may_run_at_once(tmp_path: Path, simulator: Sim) 
         _stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, stderr
     assert sim.still_linked("mobile", [(mobile(i), p) for i in range(600) for p in PROGRAMS]) == []
+
+
+def test_a_retry_knows_which_pairs_the_parent_may_have_delinked(
+    tmp_path: Path, simulator: Sim
+) -> None:
+    """Answers lost after the server processed the delink: the retry hears 2004, says delinked."""
+    sim = simulator(clean_profile(faults={"disconnect_after": 0.5}, seed=9))
+    rows = write_pairs(tmp_path / "pairs.csv", range(200), PROGRAMS)
+    job = write_job(
+        tmp_path, sim.base_url, api={"customers_per_request": 5}, retry={"max_attempts": 1}
+    )
+    first = run_cli("run", str(job), "--quiet")
+    assert first.returncode == 1
+    parent = only_run_dir(tmp_path / "out")
+    assert read_summary(parent)["counts"]["retryable"] > 0
+
+    sim.set_faults(None)
+    assert run_cli("retry", str(parent), "--quiet").returncode == 0
+
+    merged_path = tmp_path / "merged.parquet"
+    assert run_cli("report", str(parent), "--out", str(merged_path)).returncode == 0
+    merged = pl.read_parquet(merged_path)
+    # Every pair was linked at the start, so every row ends delinked; none is "not linked".
+    assert dict(merged.group_by("status").len().iter_rows()) == {"delinked": rows}
+    noted = merged.filter(pl.col("note").str.contains("earlier attempt"))
+    assert noted.height > 0
+    assert sim.still_linked("mobile", [(mobile(i), p) for i in range(200) for p in PROGRAMS]) == []
