@@ -345,3 +345,20 @@ def test_demo_job_runs_on_the_embedded_simulator(tmp_path: Path) -> None:
     ):
         assert (run_dir / name).is_file(), name
     assert (REPO / "jobs" / "demo.toml").is_file()
+
+
+def test_formula_cells_are_neutralised_in_the_failures_file(tmp_path: Path, simulator: Sim) -> None:
+    sim = simulator(clean_profile(state={"customers": 50}))
+    (tmp_path / "pairs.csv").write_text(
+        "mobile,partner_program_name,comment\n"
+        f"{mobile(1)},partner-01,fine\n"
+        '919899999999,partner-01,"=HYPERLINK(""http://x"",""y"")"\n'
+        f"{mobile(2)},partner-99,@SUM(A1)\n"
+    )
+    job = write_job(tmp_path, sim.base_url)
+
+    assert run_cli("run", str(job)).returncode == 1
+
+    text = (only_run_dir(tmp_path / "out") / "failures.csv").read_text()
+    assert "'=HYPERLINK(" in text and "'@SUM(A1)" in text
+    assert "\n=" not in text and ",=" not in text and ",@" not in text
