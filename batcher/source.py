@@ -531,17 +531,23 @@ def validate_rows(
         frame.get_column(program_column), _PLAIN_PROGRAM_RE, clean_program
     )
     id_problem = ident.get_column("_problem")
+    # Usually no row is rejected: then `when(valid)` would only copy every value it keeps.
+    any_rejected = bool(id_problem.max() or program.get_column("_problem").max())
     lf = frame.lazy().with_columns(
         _value=ident.get_column("_value"),
         _program=program.get_column("_value"),
         _problem=pl.when(id_problem > 0).then(id_problem).otherwise(program.get_column("_problem")),
     )
     valid = pl.col("_problem") == 0
+
+    def if_valid(value: pl.Expr) -> pl.Expr:
+        return pl.when(valid).then(value) if any_rejected else value
+
     # The dedupe key of a customer: emails compare case-insensitively.
     key = pl.col("_value").str.to_lowercase() if identifier == "email" else pl.col("_value")
     # _ckey is not nulled for rejected rows (a string copy per row): the pair hash below
     # includes _problem, so rejected rows never group with valid ones.
-    lf = lf.with_columns(_ckey=pl.when(valid).then(key) if identifier == "email" else key)
+    lf = lf.with_columns(_ckey=if_valid(key) if identifier == "email" else key)
     # One customer, one spelling on the wire: for emails, the first occurrence's trimmed value.
     customer = pl.col("_value").first().over("_ckey") if identifier == "email" else pl.col("_value")
     # Duplicates: group on a 64-bit hash of (customer, program), far cheaper than on two
@@ -549,9 +555,9 @@ def validate_rows(
     # grouping runs only if a collision ever shows up.
     pair_hash = pl.struct("_problem", "_ckey", "_program").hash()
     checked = lf.with_columns(
-        _customer=pl.when(valid).then(customer),
-        _program=pl.when(valid).then(pl.col("_program")),
-        _first=pl.when(valid).then(pl.col("_key").min().over(pair_hash)),
+        _customer=if_valid(customer),
+        _program=if_valid(pl.col("_program")),
+        _first=if_valid(pl.col("_key").min().over(pair_hash)),
     ).collect()
     duplicates = (checked.get_column("_first") != checked.get_column("_key")).arg_true()
     candidates = checked.select("_key", "_first", "_ckey", "_program")[duplicates]
@@ -577,7 +583,11 @@ def validate_rows(
         .then(pl.lit("duplicate", STATUS))
         .otherwise(pl.lit("valid", STATUS))
     )
-    message = problem.replace_strict(messages, default=None, return_dtype=pl.String)
+    message = (
+        problem.replace_strict(messages, default=None, return_dtype=pl.String)
+        if any_rejected
+        else pl.lit(None, dtype=pl.String)
+    )
     duplicate_of = pl.lit(None, dtype=pl.Int64)
     if candidates.height:
         first_row = pl.col("row").gather(pl.col("_first"))
