@@ -7,7 +7,6 @@ and a crash loses nothing confirmed. The result files are assembled from the jou
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import json
 import os
@@ -83,8 +82,9 @@ class Outcome:
 
 
 def _fsync_all(*fds: int) -> None:
+    sync = getattr(os, "fdatasync", os.fsync)  # the data, not the mtime: all a reader needs
     for fd in fds:
-        os.fsync(fd)
+        sync(fd)
 
 
 def _number(value: int | None) -> str:
@@ -112,9 +112,6 @@ class Journal:
             drop_torn_tail(log_path)
         self._file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._intents: IO[str] = open(path.with_name(INTENTS_NAME), "a", encoding="utf-8")  # noqa: SIM115
-        self._intents_written = 0
-        self._intents_synced = 0
-        self._sync_task: asyncio.Task[None] | None = None
         self._buffer: list[str] = []
         self._flush_every_s = flush_every_s
         self._last_flush = time.monotonic()
@@ -146,54 +143,41 @@ class Journal:
         )
         self.counts[status] += 1
         self.codes[(status, outcome.code, outcome.message)] += 1
-        if time.monotonic() - self._last_flush >= self._flush_every_s:
-            self.flush()
 
-    def flush(self) -> None:
-        """Write and fsync what is buffered: after this, those outcomes survive a crash."""
+    def hand_over(self) -> None:
+        """Give what is buffered to the OS (one write): from then on it survives a killed
+        process, though only the fsync of `flush` makes it survive a machine crash."""
         if self._buffer:
             self._file.write("\n".join(self._buffer) + "\n")
             self._buffer.clear()
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if time.monotonic() - self._last_flush >= self._flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write and fsync what is buffered, and the intents: after this they survive a crash."""
+        if self._buffer:
+            self._file.write("\n".join(self._buffer) + "\n")
+            self._buffer.clear()
+        self._file.flush()
+        self._intents.flush()
+        _fsync_all(self._file.fileno(), self._intents.fileno())
         self._last_flush = time.monotonic()
 
-    async def intend(self, pairs: list[tuple[str, str]]) -> None:
-        """Record that these pairs are about to be sent; returns once that is on disk.
+    def intend(self, pairs: list[tuple[str, str]]) -> None:
+        """Record that these pairs are about to be sent, before they are.
 
-        Concurrent callers share one fsync (run in a thread, so the loop keeps sending).
+        Handed to the OS at once (a write, no fsync: an fsync per request would cost more than
+        the request), so a killed process leaves it behind; fsynced with the outcomes.
         """
         self._intents.write(json.dumps(pairs, ensure_ascii=False) + "\n")
-        self._intents_written += 1
-        target = self._intents_written
-        while self._intents_synced < target:
-            if self._sync_task is None:
-                self._sync_task = asyncio.create_task(self._sync_intents())
-            await asyncio.shield(self._sync_task)
-
-    async def _sync_intents(self) -> None:
-        upto = self._intents_written
-        try:
-            # The outcomes buffered so far ride along: one fsync pass makes both durable, so
-            # a crash loses at most the answers of the last moment, not of the last second.
-            if self._buffer:
-                self._file.write("\n".join(self._buffer) + "\n")
-                self._buffer.clear()
-            self._file.flush()
-            self._intents.flush()
-            await asyncio.to_thread(_fsync_all, self._intents.fileno(), self._file.fileno())
-            self._intents_synced = max(self._intents_synced, upto)
-            self._last_flush = time.monotonic()
-        finally:
-            self._sync_task = None
+        self._intents.flush()
 
     def close(self) -> None:
         if not self._file.closed:
             self.flush()
             self._file.close()
         if not self._intents.closed:
-            self._intents.flush()
-            os.fsync(self._intents.fileno())
             self._intents.close()
 
 

@@ -278,6 +278,7 @@ class Sender:
             try:
                 await self._send(session, batch)
             finally:
+                self._journal.hand_over()  # this answer's outcomes survive a killed process
                 self._in_flight -= 1
                 self._wake()
 
@@ -292,11 +293,8 @@ class Sender:
     async def _send(self, session: aiohttp.ClientSession, batch: Batch) -> None:
         entries = [Entry(c.customer, tuple(p.program for p in c.pairs)) for c in batch.customers]
         body = json.dumps(contract.build_body(self._identifier, entries)).encode()
-        # Write-ahead: after a crash, these pairs may have been processed. Before the slot, so
-        # the fsync's variable delay never comes between the pacer's slot and the send.
-        await self._journal.intend(
-            [(c.customer, p.program) for c in batch.customers for p in c.pairs]
-        )
+        # Write-ahead: after a crash, these pairs may have been processed.
+        self._journal.intend([(c.customer, p.program) for c in batch.customers for p in c.pairs])
         sent_at = await self.pacer.slot()
         if self.stop_reason is not None:
             self._fixed.appendleft(batch)  # stopped while waiting: it was never sent
