@@ -557,8 +557,13 @@ def validate_rows(
     checked = lf.with_columns(
         _customer=if_valid(customer),
         _program=if_valid(pl.col("_program")),
-        _first=if_valid(pl.col("_key").min().over(pair_hash)),
+        _repeat=valid & ~pair_hash.is_first_distinct(),
     ).collect()
+    # _first: the _key of the pair's first row. Usually no pair repeats: then each valid row is
+    # its own first, and the grouping that would find it (time, and memory per row) is skipped.
+    repeats = bool(checked.get_column("_repeat").any())
+    first = pl.col("_key").min().over(pair_hash) if repeats else pl.col("_key")
+    checked = checked.with_columns(_first=if_valid(first))
     duplicates = (checked.get_column("_first") != checked.get_column("_key")).arg_true()
     candidates = checked.select("_key", "_first", "_ckey", "_program")[duplicates]
     if candidates.height:
