@@ -557,12 +557,16 @@ def validate_rows(
     checked = lf.with_columns(
         _customer=if_valid(customer),
         _program=if_valid(pl.col("_program")),
-        _repeat=valid & ~pair_hash.is_first_distinct(),
+        _pair=pair_hash,
     ).collect()
     # _first: the _key of the pair's first row. Usually no pair repeats: then each valid row is
-    # its own first, and the grouping that would find it (time, and memory per row) is skipped.
-    repeats = bool(checked.get_column("_repeat").any())
-    first = pl.col("_key").min().over(pair_hash) if repeats else pl.col("_key")
+    # its own first, and the grouping that would find it is skipped. Counting distinct hashes
+    # is several times cheaper than grouping on them, or than is_first_distinct.
+    pair_hashes = checked.get_column("_pair")
+    if any_rejected:
+        pair_hashes = pair_hashes.filter(checked.get_column("_problem") == 0)
+    repeats = pair_hashes.n_unique() < pair_hashes.len()
+    first = pl.col("_key").min().over("_pair") if repeats else pl.col("_key")
     checked = checked.with_columns(_first=if_valid(first))
     duplicates = (checked.get_column("_first") != checked.get_column("_key")).arg_true()
     candidates = checked.select("_key", "_first", "_ckey", "_program")[duplicates]
