@@ -39,6 +39,15 @@ class PlannedRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class PlanFigures:
+    """How many pairs, customers and requests a plan has."""
+
+    pairs: int
+    customers: int
+    requests: int
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """`pairs` is sorted in send order: _request, then customer, then input order.
 
@@ -50,6 +59,10 @@ class Plan:
     requests: int
     customers_per_request: int
     programs_per_customer: int
+
+    @property
+    def figures(self) -> PlanFigures:
+        return PlanFigures(self.pairs.height, self.customers, self.requests)
 
     def iter_requests(self, identifier: str) -> Iterator[PlannedRequest]:
         """Build requests lazily from the sorted frame, a slice at a time."""
@@ -139,3 +152,44 @@ def build_plan(pairs: pl.DataFrame, customers_per_request: int, programs_per_cus
         customers_per_request=customers_per_request,
         programs_per_customer=programs_per_customer,
     )
+
+
+def plan_figures(
+    pairs: pl.DataFrame,
+    customers_per_request: int,
+    programs_per_customer: int,
+    *,
+    preview_requests: int = 0,
+) -> tuple[PlanFigures, Plan]:
+    """What `build_plan` would give, counted without building it, plus its first requests.
+
+    For `validate`, which reports the figures and shows a few request bodies but sends
+    nothing: the counts come from one group_by, and the preview is the plan of the first
+    customers only, whose first requests are the full plan's first requests (round 0 packs
+    customers in order of first appearance).
+    """
+    per_customer = pairs.lazy().group_by("_customer").len().collect()
+    chunks = (per_customer.get_column("len") + programs_per_customer - 1) // programs_per_customer
+    requests = 0
+    for k in range(int(chunks.max() or 0)):  # type: ignore[arg-type]
+        in_round = int((chunks > k).sum())
+        requests += -(-in_round // customers_per_request)
+    figures = PlanFigures(pairs.height, per_customer.height, requests)
+    first = _first_customers(pairs, preview_requests * customers_per_request)
+    preview = build_plan(
+        pairs.filter(pl.col("_customer").is_in(first.implode())),
+        customers_per_request,
+        programs_per_customer,
+    )
+    return figures, preview
+
+
+def _first_customers(pairs: pl.DataFrame, wanted: int) -> pl.Series:
+    """The first `wanted` distinct customers in input order, reading no more rows than needed."""
+    customers = pairs.get_column("_customer")
+    rows = max(wanted * 4, 1024)
+    while True:
+        first = customers.head(rows).unique(maintain_order=True)
+        if first.len() >= wanted or rows >= customers.len():
+            return first.head(wanted)
+        rows *= 4

@@ -277,7 +277,7 @@ def _execute_locked(
         exit_code = EXIT_STOPPED if stop_reason else exit_code_for(counts)
         elapsed_s = time.monotonic() - t0
         send_s = stats.elapsed_s() if stats.requests else 0.0
-        summary = plan_summary(job, run_id, source, plan)
+        summary = plan_summary(job, run_id, source, plan.figures)
         summary.update(
             {
                 "command": "resume" if resuming else ("retry" if parent else "run"),

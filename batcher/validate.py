@@ -13,7 +13,7 @@ from rich.table import Table
 
 from batcher.export import write_table
 from batcher.job import Job
-from batcher.plan import Plan, build_plan
+from batcher.plan import Plan, PlanFigures, plan_figures
 from batcher.rundir import create_run_dir, write_json
 from batcher.source import Source, load_source
 
@@ -25,11 +25,6 @@ SUMMARY_FILE = "summary.json"
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def plan_source(job: Job, source: Source) -> Plan:
-    """The plan for every valid row of `source`, with the job's batch limits."""
-    return build_plan(source.pairs(), job.api.customers_per_request, job.api.programs_per_customer)
 
 
 def reject_columns(source: Source) -> list[str]:
@@ -57,7 +52,7 @@ def write_plan_preview(
     return path
 
 
-def plan_summary(job: Job, run_id: str, source: Source, plan: Plan) -> dict[str, Any]:
+def plan_summary(job: Job, run_id: str, source: Source, plan: PlanFigures) -> dict[str, Any]:
     """The validate part of summary.json (a run's summary starts from it)."""
     return {
         "job": job.name,
@@ -75,7 +70,7 @@ def plan_summary(job: Job, run_id: str, source: Source, plan: Plan) -> dict[str,
         },
         "counts": source.counts(),
         "reasons": source.reason_counts(),
-        "pairs": plan.pairs.height,
+        "pairs": plan.pairs,
         "customers": plan.customers,
         "requests": plan.requests,
     }
@@ -113,11 +108,21 @@ def validate_job(job: Job, console: Console | None = None) -> int:
     started_at = _now()
     # Load first: an unusable input raises InputError before any run folder exists.
     source = load_source(job)
-    plan = plan_source(job, source)
+    # Nothing is sent, so the full plan is not built: its figures are counted, and the preview
+    # is the plan of the first customers (tests/test_plan.py checks both against build_plan).
+    figures, head = plan_figures(
+        source.pairs(),
+        job.api.customers_per_request,
+        job.api.programs_per_customer,
+        preview_requests=PREVIEW_REQUESTS,
+    )
     run_id, run_dir = create_run_dir(job)
     rejects = write_rejects(source, run_dir)
-    preview = write_plan_preview(plan, job.input.identifier, run_dir)
-    summary: dict[str, Any] = {"command": "validate", **plan_summary(job, run_id, source, plan)}
+    preview = write_plan_preview(head, job.input.identifier, run_dir)
+    summary: dict[str, Any] = {
+        "command": "validate",
+        **plan_summary(job, run_id, source, figures),
+    }
     summary["started_at"] = started_at
     summary["finished_at"] = _now()
     summary["outputs"] = {

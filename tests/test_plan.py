@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batcher.plan import build_plan
+from batcher.plan import build_plan, plan_figures
 
 
 def pairs_of(rows: list[tuple[str, str]]) -> pl.DataFrame:
@@ -103,3 +105,27 @@ def test_every_pair_exactly_once_within_limits_and_deterministic(
     assert plan.customers == len({c for c, _ in rows})
     again = list(build_plan(frame, per_request, per_customer).iter_requests("mobile"))
     assert again == requests
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abcdefghijkl"), st.sampled_from([f"p{i}" for i in range(9)])),
+        unique=True,
+        max_size=80,
+    ),
+    st.integers(1, 5),
+    st.integers(1, 4),
+    st.integers(1, 6),
+)
+def test_validate_figures_and_preview_equal_the_full_plans(
+    rows: list[tuple[str, str]], per_request: int, per_customer: int, preview: int
+) -> None:
+    """`validate` counts the plan instead of building it: same figures, same first requests."""
+    frame = pairs_of(rows)
+    full = build_plan(frame, per_request, per_customer)
+    figures, head = plan_figures(frame, per_request, per_customer, preview_requests=preview)
+    assert figures == full.figures
+    first = list(itertools.islice(full.iter_requests("mobile"), preview))
+    shown = list(itertools.islice(head.iter_requests("mobile"), preview))
+    assert [r.body() for r in shown] == [r.body() for r in first]
