@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import polars as pl
 
@@ -91,16 +91,18 @@ def _number(value: int | None) -> str:
     return "null" if value is None else str(int(value))
 
 
-_clock_ms = [0, ""]  # the last millisecond formatted: answers come thousands a second
+_clock = [0, ""]  # the last second formatted: answers come thousands a second
 
 
 def utc_now() -> str:
     """UTC now, ISO 8601 to the millisecond, with a Z."""
     ms = time.time_ns() // 1_000_000
-    if ms != _clock_ms[0]:
-        stamp = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-        _clock_ms[0], _clock_ms[1] = ms, stamp.replace("+00:00", "Z")
-    return str(_clock_ms[1])
+    second, millis = divmod(ms, 1000)
+    if second != _clock[0]:
+        _clock[0], _clock[1] = second, datetime.fromtimestamp(second, UTC).strftime(
+            "%Y-%m-%dT%H:%M:%S"
+        )
+    return f"{_clock[1]}.{millis:03d}Z"
 
 
 class Journal:
@@ -110,25 +112,23 @@ class Journal:
         self.path = path
         for log_path in (path, path.with_name(INTENTS_NAME)):
             drop_torn_tail(log_path)
-        self._file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self._intents: IO[str] = open(path.with_name(INTENTS_NAME), "a", encoding="utf-8")  # noqa: SIM115
+        # Raw descriptors: each hand-over is one write(2), with no buffering layer between.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        self._fd: int | None = os.open(path, flags, 0o600)
+        self._intents_fd: int | None = os.open(path.with_name(INTENTS_NAME), flags, 0o600)
         self._buffer: list[str] = []
         self._flush_every_s = flush_every_s
         self._last_flush = time.monotonic()
-        self._encoded: dict[str, str] = {}
         self.counts: Counter[str] = Counter()
-        self.codes: Counter[tuple[str, int | None, str | None]] = Counter()
 
-    def _text(self, value: str | None) -> str:
-        """JSON for a string; the values repeat a lot (programs, messages), so they are cached."""
+    @staticmethod
+    def _text(value: str | None) -> str:
+        """JSON for a string; most values (mobiles, program names) need no escaping at all."""
         if value is None:
             return "null"
-        encoded = self._encoded.get(value)
-        if encoded is None:
-            if len(self._encoded) > 50_000:
-                self._encoded.clear()
-            encoded = self._encoded[value] = json.dumps(value, ensure_ascii=False)
-        return encoded
+        if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+            return f'"{value}"'
+        return json.dumps(value, ensure_ascii=False)
 
     def record(self, outcome: Outcome, finished_at: str | None = None) -> None:
         """Buffer one outcome (a JSON object per line); flushed at least every second."""
@@ -142,26 +142,22 @@ class Journal:
             f'"n":{text(outcome.note)},"ms":{"true" if outcome.maybe_sent else "false"}}}'
         )
         self.counts[status] += 1
-        self.codes[(status, outcome.code, outcome.message)] += 1
 
     def hand_over(self) -> None:
         """Give what is buffered to the OS (one write): from then on it survives a killed
         process, though only the fsync of `flush` makes it survive a machine crash."""
-        if self._buffer:
-            self._file.write("\n".join(self._buffer) + "\n")
+        if self._buffer and self._fd is not None:
+            _write_all(self._fd, ("\n".join(self._buffer) + "\n").encode())
             self._buffer.clear()
-        self._file.flush()
         if time.monotonic() - self._last_flush >= self._flush_every_s:
             self.flush()
 
     def flush(self) -> None:
         """Write and fsync what is buffered, and the intents: after this they survive a crash."""
-        if self._buffer:
-            self._file.write("\n".join(self._buffer) + "\n")
+        if self._buffer and self._fd is not None:
+            _write_all(self._fd, ("\n".join(self._buffer) + "\n").encode())
             self._buffer.clear()
-        self._file.flush()
-        self._intents.flush()
-        _fsync_all(self._file.fileno(), self._intents.fileno())
+        _fsync_all(*(fd for fd in (self._fd, self._intents_fd) if fd is not None))
         self._last_flush = time.monotonic()
 
     def intend(self, pairs: list[tuple[str, str]]) -> None:
@@ -170,15 +166,25 @@ class Journal:
         Handed to the OS at once (a write, no fsync: an fsync per request would cost more than
         the request), so a killed process leaves it behind; fsynced with the outcomes.
         """
-        self._intents.write(json.dumps(pairs, ensure_ascii=False) + "\n")
-        self._intents.flush()
+        if self._intents_fd is not None:
+            text = self._text
+            line = ",".join(f"[{text(c)},{text(p)}]" for c, p in pairs)
+            _write_all(self._intents_fd, f"[{line}]\n".encode())
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._fd is not None:
             self.flush()
-            self._file.close()
-        if not self._intents.closed:
-            self._intents.close()
+            os.close(self._fd)
+            self._fd = None
+        if self._intents_fd is not None:
+            os.close(self._intents_fd)
+            self._intents_fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def drop_torn_tail(path: Path) -> None:

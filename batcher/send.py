@@ -93,6 +93,7 @@ class RunStats:
     transport_errors: int = 0
     token_refreshes: int = 0
     started_at: float = field(default_factory=time.monotonic)
+    finished_at: float | None = None
     latencies_ms: list[float] = field(default_factory=list)
     # Per elapsed second: [requests, throttles].
     timeline: dict[int, list[int]] = field(default_factory=dict)
@@ -105,7 +106,8 @@ class RunStats:
             slot[1] += 1
 
     def elapsed_s(self) -> float:
-        return time.monotonic() - self.started_at
+        """Seconds spent sending: up to now, or to the end of sending once it ended."""
+        return (self.finished_at or time.monotonic()) - self.started_at
 
 
 def retry_after_s(value: str | None, now: datetime | None = None) -> float | None:
@@ -222,6 +224,8 @@ class Sender:
 
     def _from_pool(self, now: float) -> Batch | None:
         """Repack ready retries into one request: distinct customers, at most the request size."""
+        if not self._pool or self._pool[0][0] > now:
+            return None
         chosen: list[PendingCustomer] = []
         seen: set[str] = set()
         held: list[tuple[float, int, PendingCustomer]] = []
@@ -270,6 +274,7 @@ class Sender:
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            self.stats.finished_at = time.monotonic()
             self._journal.flush()
 
     async def _worker(self, session: aiohttp.ClientSession) -> None:
