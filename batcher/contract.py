@@ -7,7 +7,7 @@ name, never by position: no source promises order or completeness.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +106,7 @@ class ShapeError(ValueError):
 
 
 def _item_status(raw: object) -> ItemStatus:
-    if not isinstance(raw, Mapping):
+    if not isinstance(raw, dict):
         raise ShapeError(f"status is not an object: {raw!r:.80}")
     status = raw.get("status")
     code = raw.get("code")
@@ -132,10 +132,13 @@ _SHAPES = (
 def parse_response(identifier: str, body: object) -> tuple[list[CustomerResult], list[str]]:
     """Read either response shape; returns the customers and any item-level oddities seen.
 
+    Bodies come from a JSON decoder, so objects are plain dicts and arrays plain lists
+    (checking for those is much cheaper than for the abstract Mapping).
+
     Raises ShapeError when the body holds neither shape: the caller treats that as a
     transient bad answer (retry the whole request).
     """
-    if not isinstance(body, Mapping):
+    if not isinstance(body, dict):
         raise ShapeError("response is not a JSON object")
     shape = next((s for s in _SHAPES if s[0] in body), None)
     if shape is None:
@@ -147,7 +150,7 @@ def parse_response(identifier: str, body: object) -> tuple[list[CustomerResult],
     results: list[CustomerResult] = []
     oddities: list[str] = []
     for item in customers:
-        if not isinstance(item, Mapping) or not isinstance(item.get("customer"), Mapping):
+        if not isinstance(item, dict) or not isinstance(item.get("customer"), dict):
             oddities.append("customer item without a customer object")
             continue
         cust = item["customer"]
@@ -170,7 +173,7 @@ def parse_response(identifier: str, body: object) -> tuple[list[CustomerResult],
         if not isinstance(raw_programs, list):
             raise ShapeError(f"{programs_key} is not a list")
         for prog in raw_programs:
-            if not isinstance(prog, Mapping) or not isinstance(prog.get("partnerProgramName"), str):
+            if not isinstance(prog, dict) or not isinstance(prog.get("partnerProgramName"), str):
                 oddities.append("program item without partnerProgramName")
                 continue
             if status_key not in prog:
@@ -183,9 +186,9 @@ def parse_response(identifier: str, body: object) -> tuple[list[CustomerResult],
 
 def error_envelope(body: object) -> tuple[int | None, str | None]:
     """The first (code, message) of a v2 error envelope, or (None, None)."""
-    if isinstance(body, Mapping):
+    if isinstance(body, dict):
         errors = body.get("errors")
-        if isinstance(errors, Sequence) and errors and isinstance(errors[0], Mapping):
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
             code = errors[0].get("code")
             message = errors[0].get("message")
             return (code if isinstance(code, int) else None), (

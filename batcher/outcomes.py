@@ -36,6 +36,7 @@ JOURNAL_NAME = "journal.jsonl"
 # Write-ahead: the pairs of each request, durable before it is sent. After a crash, a pair here
 # without an outcome may have been processed, so a resend answering "not linked" means delinked.
 INTENTS_NAME = "intents.jsonl"
+HAND_OVER_EVERY_S = 0.02
 
 JOURNAL_SCHEMA = {
     "k": pl.Int64,  # the row's _key in the run that wrote the line
@@ -99,8 +100,9 @@ def utc_now() -> str:
     ms = time.time_ns() // 1_000_000
     second, millis = divmod(ms, 1000)
     if second != _clock[0]:
-        _clock[0], _clock[1] = second, datetime.fromtimestamp(second, UTC).strftime(
-            "%Y-%m-%dT%H:%M:%S"
+        _clock[0], _clock[1] = (
+            second,
+            datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"),
         )
     return f"{_clock[1]}.{millis:03d}Z"
 
@@ -119,6 +121,7 @@ class Journal:
         self._buffer: list[str] = []
         self._flush_every_s = flush_every_s
         self._last_flush = time.monotonic()
+        self._last_hand_over = 0.0
         self.counts: Counter[str] = Counter()
 
     @staticmethod
@@ -144,8 +147,13 @@ class Journal:
         self.counts[status] += 1
 
     def hand_over(self) -> None:
-        """Give what is buffered to the OS (one write): from then on it survives a killed
-        process, though only the fsync of `flush` makes it survive a machine crash."""
+        """Give what is buffered to the OS (one write, at most every 20 ms): from then on it
+        survives a killed process, though only the fsync of `flush` survives a machine crash.
+        A kill loses at most 20 ms of answers, whose pairs the intents mark for the resend."""
+        now = time.monotonic()
+        if now - self._last_hand_over < HAND_OVER_EVERY_S:
+            return
+        self._last_hand_over = now
         if self._buffer and self._fd is not None:
             _write_all(self._fd, ("\n".join(self._buffer) + "\n").encode())
             self._buffer.clear()

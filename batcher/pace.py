@@ -69,18 +69,17 @@ class Pacer:
             # The deadline can move while we sleep (another throttle): sleep until it holds.
             while (wait_s := self.state.paused_until - self._loop_time()) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(wait_s)
-            self._climb()
+            state = self.state
+            if state.rate_per_s < state.max_rate_per_s:
+                self._climb()
             assert self._limiter is not None
             await self._limiter.acquire()
             return self._loop_time()
 
     def _climb(self) -> None:
-        """Additive increase: each second without a throttle wins back a little pace."""
+        """Additive increase (below the quota): each second without a throttle wins back pace."""
         now = self._loop_time()
         state = self.state
-        if state.rate_per_s >= state.max_rate_per_s:
-            self._last_change = now
-            return
         elapsed_s = now - self._last_change
         if elapsed_s < 1.0:
             return

@@ -23,6 +23,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+import orjson
 import structlog
 
 from batcher import contract
@@ -297,7 +298,7 @@ class Sender:
 
     async def _send(self, session: aiohttp.ClientSession, batch: Batch) -> None:
         entries = [Entry(c.customer, tuple(p.program for p in c.pairs)) for c in batch.customers]
-        body = json.dumps(contract.build_body(self._identifier, entries)).encode()
+        body = orjson.dumps(contract.build_body(self._identifier, entries))
         # Write-ahead: after a crash, these pairs may have been processed.
         self._journal.intend([(c.customer, p.program) for c in batch.customers for p in c.pairs])
         sent_at = await self.pacer.slot()
@@ -343,8 +344,8 @@ class Sender:
         self.pacer.answered()
         parsed: Any = None
         try:
-            parsed = json.loads(raw) if raw else None
-        except ValueError:
+            parsed = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
             parsed = None
         env_code, env_message = contract.error_envelope(parsed)
         if status in AUTH_STATUSES or env_code == contract.TOKEN_EXPIRED_CODE or status == 403:
@@ -426,13 +427,11 @@ class Sender:
                     {**prev.programs, **r.programs},
                 )
             by_key[r.key] = r
-        asked = {contract.match_key(self._identifier, c.customer) for c in batch.customers}
-        extra = [k for k in by_key if k not in asked]
-        if extra:
-            log.warning("response.unexpected_items", request_id=request_id, count=len(extra))
         retry: list[PendingCustomer] = []
+        found = 0
         for cust in batch.customers:
             res = by_key.get(contract.match_key(self._identifier, cust.customer) or "")
+            found += res is not None
             if res is None:
                 again = self._give_up_or_retry(
                     cust.pairs,
@@ -511,6 +510,10 @@ class Sender:
                 )
             if again_pairs:
                 retry.append(PendingCustomer(cust.customer, again_pairs))
+        if len(by_key) > found:  # customers the request did not ask for: ignored
+            log.warning(
+                "response.unexpected_items", request_id=request_id, count=len(by_key) - found
+            )
         self._schedule(retry)
 
     def _give_up_or_retry(
