@@ -99,6 +99,7 @@ def test_every_status_with_its_code(tmp_path: Path, simulator: Sim) -> None:
 
     first = run_cli("run", str(job))
     assert first.returncode == 1, first.stderr
+    assert "Traceback" not in first.stderr
     run_dir = only_run_dir(tmp_path / "out")
     out = outcomes_of(run_dir).sort("row")
     statuses = dict(zip(out["row"].to_list(), out["status"].to_list(), strict=True))
@@ -330,6 +331,7 @@ def test_demo_job_runs_on_the_embedded_simulator(tmp_path: Path) -> None:
     result = run_cli("run", "jobs/demo.toml", "--output", str(tmp_path), env={})
 
     assert result.returncode == 1, result.stderr  # the demo file has rejects on purpose
+    assert "Traceback" not in result.stderr  # exit 1 must be the verdict, not a crash
     run_dir = only_run_dir(tmp_path, "demo")
     summary = read_summary(run_dir)
     assert sum(summary["counts"].values()) == summary["input"]["rows"]

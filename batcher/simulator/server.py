@@ -114,9 +114,10 @@ class Simulator:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        bound = server.sockets[0].getsockname()
+        # asyncio's Server, or uvloop's when the run uses uvloop: both list their sockets.
+        sockets = getattr(site._server, "sockets", None)
+        assert sockets, "the site is listening"
+        bound = sockets[0].getsockname()
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         self.base_url = f"http://{shown}:{bound[1]}"
 
