@@ -224,15 +224,14 @@ def read_journal(path: Path) -> pl.DataFrame:
     """The journal's outcomes, the last word per row winning (a resumed run may append)."""
     if not path.exists() or path.stat().st_size == 0:
         return pl.DataFrame(schema=JOURNAL_SCHEMA)
-    # A crash can leave a torn last line: read line by line and drop what does not parse.
-    good: list[str] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if line.startswith("{") and line.endswith("}\n"):
-                good.append(line)
-    if not good:
+    # A kill can leave a torn last line (only the last: a journal reopened for appending has
+    # it cut first), so read up to the last newline. Bytes straight to polars: a list of a
+    # million Python strings would cost several times the file.
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end == 0:
         return pl.DataFrame(schema=JOURNAL_SCHEMA)
-    frame = pl.read_ndjson("".join(good).encode(), schema=JOURNAL_SCHEMA)
+    frame = pl.read_ndjson(data if end == len(data) else data[:end], schema=JOURNAL_SCHEMA)
     return frame.unique(subset=["cu", "pr"], keep="last", maintain_order=True)
 
 
