@@ -119,6 +119,11 @@ class Authenticator:
         return f"Authenticator({self._credentials!r})"
 
     @property
+    def static_headers(self) -> dict[str, str]:
+        """The headers of Basic auth (empty for OAuth, whose token changes)."""
+        return self._static
+
+    @property
     def uses_tokens(self) -> bool:
         return self._credentials.kind == "oauth"
 

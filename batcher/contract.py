@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 DELINK_PATH = "/v2/partnerProgram/deLinkCustomer"
 TOKEN_PATH = "/v3/oauth/token/generate"
@@ -80,8 +80,10 @@ def match_key(identifier: str, value: object) -> str | None:
     return text
 
 
-@dataclass(frozen=True, slots=True)
-class ItemStatus:
+class ItemStatus(NamedTuple):
+    """One status object of an answer. (Named tuples here and below: one is made per item of
+    every answer, and a frozen dataclass costs several times as much to build.)"""
+
     status: bool
     code: int | None
     message: str | None
@@ -91,8 +93,7 @@ class ItemStatus:
         return verdict_for(self.status, self.code)
 
 
-@dataclass(frozen=True, slots=True)
-class CustomerResult:
+class CustomerResult(NamedTuple):
     """One customer of a response, keyed by the identifier the request used."""
 
     key: str

@@ -12,10 +12,9 @@ import json
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 
@@ -67,8 +66,9 @@ OUTCOME_COLUMNS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
+    """One pair's answer, as the journal records it (a named tuple: one is made per pair)."""
+
     key: int
     customer: str
     program: str

@@ -175,6 +175,8 @@ class Sender:
         self._maybe_sent = maybe_sent or set()
         self._journal = journal
         self._auth = auth
+        # Basic auth: the same headers on every request, built once.
+        self._basic_headers = {**auth.static_headers, "Content-Type": "application/json"}
         self.stats = stats or RunStats()
         self.pacer = Pacer(
             job.api.quota,
@@ -305,7 +307,11 @@ class Sender:
         if self.stop_reason is not None:
             self._fixed.appendleft(batch)  # stopped while waiting: it was never sent
             return
-        headers, token = await self._auth.headers(session)
+        if self._auth.uses_tokens:
+            auth_headers, token = await self._auth.headers(session)
+            headers = {**auth_headers, "Content-Type": "application/json"}
+        else:
+            headers, token = self._basic_headers, None
         for c in batch.customers:
             for p in c.pairs:
                 p.attempts += 1
@@ -316,7 +322,7 @@ class Sender:
             async with session.post(
                 self._url,
                 data=body,
-                headers={**headers, "Content-Type": "application/json"},
+                headers=headers,
             ) as resp:
                 status = resp.status
                 request_id = next(
