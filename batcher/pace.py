@@ -64,6 +64,18 @@ class Pacer:
             self._lock = asyncio.Lock()
             self._limiter = self._new_limiter()
             self._last_change = self._loop_time()
+        limiter = self._limiter
+        assert limiter is not None
+        state = self.state
+        if (
+            not self._lock.locked()
+            and state.rate_per_s >= state.max_rate_per_s
+            and state.paused_until <= self._loop_time()
+            and limiter.has_capacity()
+        ):
+            # Full pace, nobody waiting, a slot free: take it (acquire does not suspend here).
+            await limiter.acquire()
+            return self._loop_time()
         # One waiter at a time on the limiter, so a pace change applies to the very next slot.
         async with self._lock:
             # The deadline can move while we sleep (another throttle): sleep until it holds.

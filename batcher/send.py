@@ -151,6 +151,8 @@ def make_session(job: Job) -> aiohttp.ClientSession:
         headers={"Accept": "application/json"},
         raise_for_status=False,
         json_serialize=json.dumps,
+        # The API is stateless: no cookie is ever needed, so none is parsed or sent.
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 
@@ -325,10 +327,12 @@ class Sender:
                 headers=headers,
             ) as resp:
                 status = resp.status
-                request_id = next(
-                    (v for h in contract.REQUEST_ID_HEADERS if (v := resp.headers.get(h))), None
+                answer_headers = resp.headers
+                request_id = answer_headers.get(contract.REQUEST_ID_HEADERS[0]) or next(
+                    (v for h in contract.REQUEST_ID_HEADERS[1:] if (v := answer_headers.get(h))),
+                    None,
                 )
-                retry_after = resp.headers.get("Retry-After")
+                retry_after = answer_headers.get("Retry-After")
                 raw = await resp.read()
         except aiohttp.ClientConnectorError as e:
             self._transport_error(batch, f"cannot connect: {type(e).__name__}", maybe_sent=False)
