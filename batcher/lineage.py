@@ -18,23 +18,13 @@ import structlog
 from batcher.errors import BatcherError, InputError
 from batcher.export import write_table
 from batcher.job import Job, load_job
-from batcher.outcomes import JOURNAL_NAME, STATUSES, Status, unconfirmed_sends
+from batcher.outcomes import ANSWER_COLUMNS, JOURNAL_NAME, STATUSES, Status, unconfirmed_sends
 from batcher.run import MANIFEST_NAME, RunResult, execute
 from batcher.rundir import create_run_dir, job_output_dir
 from batcher.source import Format, load_source
 
 log = structlog.get_logger("batcher.lineage")
 ORIGIN_NAME = "origin.parquet"
-OUTCOME_FIELDS = (
-    "status",
-    "code",
-    "message",
-    "customer_id",
-    "request_id",
-    "attempts",
-    "finished_at",
-    "note",
-)
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
@@ -215,7 +205,7 @@ def merged_report(run_dir: Path) -> tuple[pl.DataFrame, list[str]]:
         mapped = child.join(_root_rows(path.parent, child), on="row", how="inner").select(
             pl.col("root_row").alias("row"),
             *([pl.col("root_source_file").alias("source_file")] if key_file else []),
-            *(pl.col(c).alias(f"{c}__new") for c in OUTCOME_FIELDS),
+            *(pl.col(c).alias(f"{c}__new") for c in ANSWER_COLUMNS),
         )
         on = ["row", "source_file"] if key_file else ["row"]
         merged = merged.join(mapped, on=on, how="left", nulls_equal=True, maintain_order="left")
@@ -223,10 +213,10 @@ def merged_report(run_dir: Path) -> tuple[pl.DataFrame, list[str]]:
         merged = merged.with_columns(
             *(
                 pl.when(has_new).then(pl.col(f"{c}__new")).otherwise(pl.col(c)).alias(c)
-                for c in OUTCOME_FIELDS
+                for c in ANSWER_COLUMNS
             ),
             pl.when(has_new).then(pl.lit(rid)).otherwise(pl.col("final_run")).alias("final_run"),
-        ).drop([f"{c}__new" for c in OUTCOME_FIELDS])
+        ).drop([f"{c}__new" for c in ANSWER_COLUMNS])
         used.append(rid)
     return merged, used
 

@@ -52,7 +52,8 @@ JOURNAL_SCHEMA = {
     "ms": pl.Boolean,  # retryable only: an attempt may have been processed, its answer lost
 }
 
-OUTCOME_COLUMNS = (
+# What an answer says of a row; a later run's answer replaces all of them (see lineage.report).
+ANSWER_COLUMNS = (
     "status",
     "code",
     "message",
@@ -61,8 +62,6 @@ OUTCOME_COLUMNS = (
     "attempts",
     "finished_at",
     "note",
-    "reason",
-    "duplicate_of",
 )
 
 

@@ -32,7 +32,12 @@ def mobile(i: int) -> str:
 
 def clean_profile(**sections: Any) -> Profile:
     """A well-behaved profile (no faults, no latency, no quota) with the given TOML sections."""
-    data: dict[str, Any] = {"seed": 7, "state": {"customers": 100_000, "program_count": 5}}
+    return profile_with({"seed": 7, "state": {"customers": 100_000, "program_count": 5}}, sections)
+
+
+def profile_with(base: dict[str, Any], sections: dict[str, Any]) -> Profile:
+    """`base` (TOML-shaped) with `sections` laid over it, a table's keys merged."""
+    data = dict(base)
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}

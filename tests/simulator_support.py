@@ -10,8 +10,9 @@ from typing import Any
 
 import aiohttp
 
-from batcher.simulator.profile import Profile, profile_from_dict
+from batcher.simulator.profile import Profile
 from batcher.simulator.server import Simulator
+from tests.conftest import profile_with
 
 DELINK = "/v2/partnerProgram/deLinkCustomer"
 TOKEN = "/v3/oauth/token/generate"
@@ -44,19 +45,9 @@ def body(*customers: tuple[Any, list[str]], identifier: str = "mobile") -> dict[
     }
 
 
-def mobile(i: int) -> str:
-    return f"9198{i:08d}"
-
-
 def profile(**sections: Any) -> Profile:
     """A small clean profile (20 customers, all linked), overridden by TOML-shaped sections."""
-    data: dict[str, Any] = {"seed": 1, "state": {"customers": 20, "program_count": 3}}
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    return profile_from_dict(data)
+    return profile_with({"seed": 1, "state": {"customers": 20, "program_count": 3}}, sections)
 
 
 class Client:
