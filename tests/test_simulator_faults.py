@@ -11,7 +11,8 @@ import pytest
 
 from batcher.simulator.profile import FaultSettings
 from batcher.simulator.server import Simulator
-from tests.simulator_support import body, mobile, profile, running
+from tests.conftest import mobile
+from tests.simulator_support import body, profile, running
 
 ONE = body((mobile(1), ["partner-01"]))
 

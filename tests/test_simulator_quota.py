@@ -6,7 +6,8 @@ from email.utils import parsedate_to_datetime
 
 from batcher.simulator.profile import Rate
 from batcher.simulator.quota import Quota
-from tests.simulator_support import FakeClock, basic, body, mobile, profile, running
+from tests.conftest import mobile
+from tests.simulator_support import FakeClock, basic, body, profile, running
 
 
 def test_fixed_window_resets_exactly_at_the_period_boundary() -> None:

@@ -13,7 +13,8 @@ import urllib.request
 from pathlib import Path
 
 from batcher.simulator.server import SimulatorThread
-from tests.simulator_support import basic, body, mobile, profile
+from tests.conftest import mobile
+from tests.simulator_support import basic, body, profile
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.simulator_support import FakeClock, basic, body, mobile, profile, running
+from tests.conftest import mobile
+from tests.simulator_support import FakeClock, basic, body, profile, running
 
 
 def _only_customer(parsed: Any, key: str = "customersPartnerUpdates") -> dict[str, Any]:
