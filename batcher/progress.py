@@ -24,7 +24,7 @@ from rich.text import Text
 from batcher import logs
 from batcher.outcomes import Journal, Status
 from batcher.pace import PaceState
-from batcher.send import RunStats
+from batcher.stats import RunStats
 
 log = structlog.get_logger("batcher.progress")
 

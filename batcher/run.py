@@ -37,8 +37,10 @@ from batcher.outcomes import (
 from batcher.plan import build_plan
 from batcher.report import write_report
 from batcher.rundir import create_run_dir, job_output_dir, write_json
-from batcher.send import RunStats, Sender, make_session
+from batcher.send import Sender
+from batcher.session import make_session
 from batcher.source import Source, load_source
+from batcher.stats import RunStats
 from batcher.validate import plan_summary, write_rejects
 
 log = structlog.get_logger("batcher.run")

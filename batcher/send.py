@@ -12,14 +12,10 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-import json
-import ssl
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -34,6 +30,8 @@ from batcher.job import Job
 from batcher.outcomes import Journal, Outcome, Status
 from batcher.pace import Pacer, backoff_s
 from batcher.plan import PlannedRequest
+from batcher.session import retry_after_s
+from batcher.stats import RunStats
 
 log = structlog.get_logger("batcher.send")
 
@@ -79,81 +77,6 @@ class PendingCustomer:
 class Batch:
     customers: list[PendingCustomer]
     auth_retried: bool = False
-
-
-@dataclass(slots=True)
-class RunStats:
-    """Live figures of a run, read by the progress display and the report."""
-
-    pairs_total: int = 0
-    requests: int = 0
-    responses: Counter[int] = field(default_factory=Counter)
-    throttles: int = 0
-    retries: int = 0
-    splits: int = 0
-    transport_errors: int = 0
-    token_refreshes: int = 0
-    started_at: float = field(default_factory=time.monotonic)
-    finished_at: float | None = None
-    latencies_ms: list[float] = field(default_factory=list)
-    # Per elapsed second: [requests, throttles].
-    timeline: dict[int, list[int]] = field(default_factory=dict)
-
-    def tick(self, throttled: bool) -> None:
-        second = int(time.monotonic() - self.started_at)
-        slot = self.timeline.setdefault(second, [0, 0])
-        slot[0] += 1
-        if throttled:
-            slot[1] += 1
-
-    def elapsed_s(self) -> float:
-        """Seconds spent sending: up to now, or to the end of sending once it ended."""
-        return (self.finished_at or time.monotonic()) - self.started_at
-
-
-def retry_after_s(value: str | None, now: datetime | None = None) -> float | None:
-    """Parse Retry-After: delta-seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
-def make_session(job: Job) -> aiohttp.ClientSession:
-    """One session per run: a connection per in-flight request, kept alive, TLS always verified."""
-    ssl_context = ssl.create_default_context()  # verification on; built once, shared
-    connector = aiohttp.TCPConnector(
-        limit=job.api.max_in_flight,
-        limit_per_host=job.api.max_in_flight,
-        keepalive_timeout=30,
-        ttl_dns_cache=300,
-        ssl=ssl_context,
-    )
-    timeout = aiohttp.ClientTimeout(
-        total=None,
-        connect=job.api.connect_timeout_s,
-        sock_connect=job.api.connect_timeout_s,
-        sock_read=job.api.timeout_s,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        headers={"Accept": "application/json"},
-        raise_for_status=False,
-        json_serialize=json.dumps,
-        # The API is stateless: no cookie is ever needed, so none is parsed or sent.
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
 
 
 class Sender:

@@ -1,0 +1,37 @@
+"""Live figures of a run: read by the progress display, the summary and the report."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Live figures of a run, read by the progress display and the report."""
+
+    pairs_total: int = 0
+    requests: int = 0
+    responses: Counter[int] = field(default_factory=Counter)
+    throttles: int = 0
+    retries: int = 0
+    splits: int = 0
+    transport_errors: int = 0
+    token_refreshes: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+    finished_at: float | None = None
+    latencies_ms: list[float] = field(default_factory=list)
+    # Per elapsed second: [requests, throttles].
+    timeline: dict[int, list[int]] = field(default_factory=dict)
+
+    def tick(self, throttled: bool) -> None:
+        second = int(time.monotonic() - self.started_at)
+        slot = self.timeline.setdefault(second, [0, 0])
+        slot[0] += 1
+        if throttled:
+            slot[1] += 1
+
+    def elapsed_s(self) -> float:
+        """Seconds spent sending: up to now, or to the end of sending once it ended."""
+        return (self.finished_at or time.monotonic()) - self.started_at
