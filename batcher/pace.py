@@ -104,14 +104,15 @@ class Pacer:
 
     def _swap_limiter(self) -> None:
         old = self._limiter
+        if old is None:
+            return  # no slot handed out yet: the first one builds the bucket at the new pace
         self._limiter = self._new_limiter()
-        if old is not None:
-            # Carry the bucket's level over (as a share of capacity), so a pace change never
-            # frees a burst. aiolimiter has no public accessor for the level.
-            old.has_capacity()  # drains the old bucket up to now
-            share = old._level / old.max_rate
-            self._limiter._level = share * self._limiter.max_rate
-            self._limiter._last_check = self._loop_time()
+        # Carry the bucket's level over (as a share of capacity), so a pace change never frees
+        # a burst. aiolimiter has no public accessor for the level.
+        old.has_capacity()  # drains the old bucket up to now
+        share = old._level / old.max_rate
+        self._limiter._level = share * self._limiter.max_rate
+        self._limiter._last_check = self._loop_time()
 
     def throttled(self, sent_at: float, retry_after_s: float | None) -> float:
         """A throttle answer for a request sent at `sent_at`: pause everyone, slow down.
@@ -127,8 +128,7 @@ class Pacer:
             )
             state.decreases += 1
             self._last_change = now
-            if self._lock is not None:
-                self._swap_limiter()
+            self._swap_limiter()
         self._consecutive_throttles += 1
         if retry_after_s is not None:
             pause_s = min(max(retry_after_s, 0.0), MAX_RETRY_AFTER_S)
