@@ -322,6 +322,21 @@ def _check_base_url(path: Path, url: str) -> None:
         )
 
 
+def read_toml(path: Path, what: str, error: type[JobError], *, example: str) -> dict[str, Any]:
+    """A TOML file's tables; a missing, unreadable or malformed file is `error` (exit 2)."""
+    if not path.is_file():
+        raise error(
+            f"{what} {path} does not exist or is not a file.",
+            hint=f"Pass the path of a TOML file, such as {example}.",
+        )
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{what} {path} cannot be read: {e}.") from e
+    except tomllib.TOMLDecodeError as e:
+        raise error(f"{what} {path} is not valid TOML: {e}.") from e
+
+
 def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
     """Read and check a job file; every problem is a JobError naming the file and the key.
 
@@ -329,17 +344,7 @@ def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
     still stood at `as_path`, where the original was.
     """
     job_path = Path(path).expanduser().resolve()
-    if not job_path.is_file():
-        raise JobError(
-            f"Job file {job_path} does not exist or is not a file.",
-            hint="Pass the path of a job TOML file, such as jobs/demo.toml.",
-        )
-    try:
-        raw = tomllib.loads(job_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise JobError(f"Job file {job_path} cannot be read: {e}.") from e
-    except tomllib.TOMLDecodeError as e:
-        raise JobError(f"Job file {job_path} is not valid TOML: {e}.") from e
+    raw = read_toml(job_path, "Job file", JobError, example="jobs/demo.toml")
     if as_path is not None:
         job_path = as_path
 

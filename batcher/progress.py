@@ -200,9 +200,7 @@ class Progress:
             try:
                 yield
             finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await _cancel(task)
             return
 
         with (
@@ -220,9 +218,7 @@ class Progress:
             try:
                 yield
             finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await _cancel(task)
                 display.update(render(figures()), refresh=True)
 
     async def _redraw(self, display: Live, figures: Callable[[], Figures]) -> None:
@@ -241,3 +237,10 @@ class Progress:
         while True:
             await asyncio.sleep(self.every_s)
             log.info("run.progress", **log_fields(figures()))
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Stop a display task and wait for it: no task is left unawaited."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

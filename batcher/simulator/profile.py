@@ -63,13 +63,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from batcher.errors import JobError
+from batcher.job import read_toml
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 DEMO_PROFILE = PROFILES_DIR / "demo.toml"
@@ -460,15 +460,5 @@ def profile_from_dict(data: Mapping[str, Any], *, source: Path | None = None) ->
 def load_profile(path: str | Path | None) -> Profile:
     """Read and check a profile TOML file; None means the built-in demo profile."""
     file = DEMO_PROFILE if path is None else Path(path).expanduser().resolve()
-    if not file.is_file():
-        raise ProfileError(
-            f"Simulator profile {file} does not exist or is not a file.",
-            hint=f"Pass a profile TOML file, such as {DEMO_PROFILE}.",
-        )
-    try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise ProfileError(f"Simulator profile {file} cannot be read: {e}.") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ProfileError(f"Simulator profile {file} is not valid TOML: {e}.") from e
+    data = read_toml(file, "Simulator profile", ProfileError, example=str(DEMO_PROFILE))
     return profile_from_dict(data, source=file)
