@@ -21,7 +21,7 @@ from batcher.job import Job, load_job
 from batcher.outcomes import ANSWER_COLUMNS, JOURNAL_NAME, STATUSES, Status, unconfirmed_sends
 from batcher.run import MANIFEST_NAME, RunResult, execute
 from batcher.rundir import create_run_dir, job_output_dir
-from batcher.source import Format, load_source
+from batcher.source import Format, fingerprint_inputs
 
 log = structlog.get_logger("batcher.lineage")
 ORIGIN_NAME = "origin.parquet"
@@ -57,7 +57,7 @@ def job_of_run(run_dir: Path, manifest: dict[str, Any]) -> Job:
 def _check_fingerprints(job: Job, manifest: dict[str, Any]) -> list[str]:
     """What changed in the input files since the run started (empty: nothing)."""
     before = {f["path"]: f for f in manifest["input"]["files"]}
-    now = {str(f.path): f for f in load_source(job).files}
+    now = {str(f.path): f for f in fingerprint_inputs(job)}
     changes = [f"{p} is gone" for p in before if p not in now]
     changes += [f"{p} is new" for p in now if p not in before]
     for path, old in before.items():

@@ -624,6 +624,12 @@ def validate_rows(
     )
 
 
+def fingerprint_inputs(job: Job) -> list[InputFile]:
+    """The input files' fingerprints (size, mtime, sha256), without reading them as tables."""
+    paths, _ = _resolve_files(job)
+    return [_describe(p) for p in paths]
+
+
 def load_source(job: Job) -> Source:
     """Read the job's input (file or glob) and validate every row; InputError if unusable."""
     paths, is_glob = _resolve_files(job)
