@@ -265,11 +265,15 @@ def unconfirmed_sends(journal_path: Path) -> set[tuple[str, str]]:
 
 
 def assemble_outcomes(
-    rows: pl.DataFrame, journal: pl.DataFrame, columns: list[str]
+    rows: pl.DataFrame,
+    journal: pl.DataFrame,
+    columns: list[str],
+    unsent: str | None = None,
 ) -> pl.DataFrame:
     """One outcome per input row: journalled answers for sent rows, validation for the rest.
 
-    A valid row with no journal entry was never answered: it is `retryable`, never lost.
+    A valid row with no journal entry was never answered: it is `retryable` with the message
+    `unsent`, never lost.
     Journal lines are matched by pair (customer, program), so that a resume whose input was
     changed (with --force) still gives each row the answer its own pair got.
     """
@@ -293,7 +297,7 @@ def assemble_outcomes(
         .alias("status"),
         pl.col("c").alias("code"),
         pl.when(valid)
-        .then(pl.col("m").fill_null("not sent: the run stopped before this row's request"))
+        .then(pl.col("m").fill_null(unsent or "not sent: no answer was recorded"))
         .otherwise(pl.col("message"))
         .alias("message"),
         pl.col("cid").alias("customer_id"),

@@ -8,10 +8,10 @@ import json
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import structlog
@@ -43,6 +43,9 @@ from batcher.source import Source, load_source
 from batcher.stats import RunStats
 from batcher.validate import plan_summary, write_rejects
 
+if TYPE_CHECKING:
+    from batcher.simulator.profile import Profile
+
 log = structlog.get_logger("batcher.run")
 
 EXIT_STOPPED = 3
@@ -58,12 +61,10 @@ class RunResult:
     summary: dict[str, Any]
 
 
-def resolve_credentials(job: Job) -> Credentials:
+def resolve_credentials(job: Job, profile: Profile | None) -> Credentials:
     """Credentials before anything is sent: the profile's demo ones for the embedded simulator."""
-    if job.api.is_simulator:
-        from batcher.simulator.profile import load_profile
-
-        creds = load_profile(job.simulator_profile).credentials
+    if profile is not None:
+        creds = profile.credentials
         if job.api.auth == "basic":
             from batcher.auth import md5_hex
 
@@ -75,15 +76,14 @@ def resolve_credentials(job: Job) -> Credentials:
 
 
 @contextlib.asynccontextmanager
-async def _api_base_url(job: Job) -> AsyncIterator[str]:
+async def _api_base_url(job: Job, profile: Profile | None) -> AsyncIterator[str]:
     """The URL to send to: the job's, or an embedded simulator's on a loopback port."""
-    if not job.api.is_simulator:
+    if profile is None:
         yield job.api.base_url
         return
-    from batcher.simulator.profile import load_profile
     from batcher.simulator.server import Simulator
 
-    async with Simulator(load_profile(job.simulator_profile)) as sim:
+    async with Simulator(profile) as sim:
         log.info("simulator.started", base_url=sim.base_url)
         yield sim.base_url
 
@@ -111,21 +111,21 @@ def _install_signal_handlers(sender: Sender, main_task: asyncio.Task[Any]) -> li
     return installed
 
 
-async def _send_all(job: Job, credentials: Credentials, sender_factory: Any) -> Sender:
-    async with _api_base_url(job) as base_url:
+async def _send_all(
+    job: Job, profile: Profile | None, credentials: Credentials, sender: Sender
+) -> None:
+    async with _api_base_url(job, profile) as base_url:
         auth = Authenticator(credentials, base_url, refresh_margin_s=job.api.token_refresh_margin_s)
-        sender: Sender = sender_factory(base_url, auth)
         task = asyncio.current_task()
         assert task is not None
         installed = _install_signal_handlers(sender, task)
         try:
             async with make_session(job) as session:
-                await sender.run(session)
+                await sender.run(session, base_url, auth)
         finally:
             loop = asyncio.get_running_loop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
-        return sender
 
 
 def _plan_input(source: Source, confirmed: pl.DataFrame | None) -> pl.DataFrame:
@@ -151,13 +151,18 @@ def execute(
     a folder with a manifest is resumed, and its confirmed pairs are not sent again.
     `maybe_sent`: pairs an earlier run may have delinked without hearing so (for `retry`).
     """
-    credentials = resolve_credentials(job)
+    profile = None
+    if job.api.is_simulator:
+        from batcher.simulator.profile import load_profile
+
+        profile = load_profile(job.simulator_profile)
+    credentials = resolve_credentials(job, profile)
     source = load_source(job)
     lock = job_lock(job_output_dir(job))
     stale = lock.acquire(run_dir.name if run_dir is not None else "(new)")
     try:
         return _execute_locked(
-            job, credentials, source, run_dir, parent, progress, stale, maybe_sent or set()
+            job, profile, credentials, source, run_dir, parent, progress, stale, maybe_sent or set()
         )
     finally:
         lock.release()
@@ -165,6 +170,7 @@ def execute(
 
 def _execute_locked(
     job: Job,
+    profile: Profile | None,
     credentials: Credentials,
     source: Source,
     run_dir: Path | None,
@@ -221,29 +227,24 @@ def _execute_locked(
         )
         journal = Journal(journal_path)
         stats = RunStats(pairs_total=plan.pairs.height)
-        requests: Iterator[Any] = plan.iter_requests(job.input.identifier)
-
-        def make_sender(base_url: str, auth: Authenticator) -> Sender:
-            from dataclasses import replace
-
-            sender_job = replace(job, api=replace(job.api, base_url=base_url))
-            senders.append(
-                Sender(sender_job, requests, journal, auth, stats=stats, maybe_sent=maybe_sent)
-            )
-            return senders[-1]
-
-        senders: list[Sender] = []  # the progress display reads the pacer's state
-
-        def pace() -> Any:
-            return senders[-1].pacer.state if senders else None
-
-        sender: Sender | None = None
+        sender = Sender(
+            job,
+            plan.iter_requests(job.input.identifier),
+            journal,
+            stats=stats,
+            maybe_sent=maybe_sent,
+        )
         interrupted_hard = False
         try:
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                sender = runner.run(
+                runner.run(
                     _run_with_progress(
-                        job, credentials, make_sender, progress, (journal, stats, pace)
+                        job,
+                        profile,
+                        credentials,
+                        sender,
+                        progress,
+                        (journal, stats, lambda: sender.pacer.state),
                     )
                 )
         except (KeyboardInterrupt, asyncio.CancelledError):
@@ -251,24 +252,14 @@ def _execute_locked(
         finally:
             journal.close()
 
-        stop_reason = None
         abort: RunStopped | None = None
         if interrupted_hard:
-            stop_reason = "interrupted twice: stopped at once"
-        elif sender is not None:
-            stop_reason = sender.stop_reason
-            abort = sender.abort
-        unsent = (
-            f"not sent: the run stopped ({stop_reason})"
-            if stop_reason
-            else "not sent: no answer was recorded"
-        )
-        outcomes = assemble_outcomes(source.rows, read_journal(journal_path), source.columns)
-        outcomes = outcomes.with_columns(
-            pl.when((pl.col("status") == "retryable") & pl.col("finished_at").is_null())
-            .then(pl.lit(unsent))
-            .otherwise(pl.col("message"))
-            .alias("message")
+            stop_reason: str | None = "interrupted twice: stopped at once"
+        else:
+            stop_reason, abort = sender.stop_reason, sender.abort
+        unsent = f"not sent: the run stopped ({stop_reason})" if stop_reason else None
+        outcomes = assemble_outcomes(
+            source.rows, read_journal(journal_path), source.columns, unsent
         )
         outcomes.write_parquet(run_dir / "outcomes.parquet")
         failures = outcomes.filter(pl.col("status").is_in(["failed", "retryable"]))
@@ -331,13 +322,19 @@ def _execute_locked(
 
 
 async def _run_with_progress(
-    job: Job, credentials: Credentials, make_sender: Any, progress: Any, watch: tuple[Any, ...]
-) -> Sender:
+    job: Job,
+    profile: Profile | None,
+    credentials: Credentials,
+    sender: Sender,
+    progress: Any,
+    watch: tuple[Any, ...],
+) -> None:
     if progress is None:
-        return await _send_all(job, credentials, make_sender)
+        await _send_all(job, profile, credentials, sender)
+        return
     # watch = (journal, stats, pace): what the display reads (see batcher.progress.Progress.live).
     async with progress.live(*watch):
-        return await _send_all(job, credentials, make_sender)
+        await _send_all(job, profile, credentials, sender)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -87,21 +87,20 @@ class Sender:
         job: Job,
         requests: Iterator[PlannedRequest],
         journal: Journal,
-        auth: Authenticator,
         *,
         stats: RunStats | None = None,
         maybe_sent: set[tuple[str, str]] | None = None,
     ) -> None:
         self._job = job
         self._identifier = job.input.identifier
-        self._url = job.api.base_url + contract.DELINK_PATH
         self._plan = requests
         # Pairs an earlier, crashed session may have sent without recording the answer.
         self._maybe_sent = maybe_sent or set()
         self._journal = journal
-        self._auth = auth
-        # Basic auth: the same headers on every request, built once.
-        self._basic_headers = {**auth.static_headers, "Content-Type": "application/json"}
+        # Set by run(): where to send (known once an embedded simulator listens), and as whom.
+        self._url: str
+        self._auth: Authenticator
+        self._basic_headers: dict[str, str]
         self.stats = stats or RunStats()
         self.pacer = Pacer(
             job.api.quota,
@@ -188,8 +187,12 @@ class Sender:
 
     # --- the loop --------------------------------------------------------------------------
 
-    async def run(self, session: aiohttp.ClientSession) -> None:
-        """Send until the plan and every retry are done, or the run is stopped."""
+    async def run(self, session: aiohttp.ClientSession, base_url: str, auth: Authenticator) -> None:
+        """Send to `base_url` until the plan and every retry are done, or the run is stopped."""
+        self._url = base_url + contract.DELINK_PATH
+        self._auth = auth
+        # Basic auth: the same headers on every request, built once.
+        self._basic_headers = {**auth.static_headers, "Content-Type": "application/json"}
         self._changed = asyncio.Event()
         self.stats.started_at = time.monotonic()
         workers = [

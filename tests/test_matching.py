@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from batcher import contract
-from batcher.auth import Authenticator, Credentials
 from batcher.job import load_job
 from batcher.outcomes import Journal, read_journal
 from batcher.send import Batch, PendingCustomer, PendingPair, Sender
@@ -87,8 +86,7 @@ def test_every_pair_is_answered_once_or_retried_and_extras_are_logged(
     folder = Path(tempfile.mkdtemp(dir=tmp_path))
     job = load_job(write_job(folder, "http://127.0.0.1:9", retry={"max_attempts": 5}))
     journal = Journal(folder / "journal.jsonl")
-    auth = Authenticator(Credentials("basic", "u", "x"), job.api.base_url, refresh_margin_s=0)
-    sender = Sender(job, iter(()), journal, auth)
+    sender = Sender(job, iter(()), journal)
     batch = Batch(
         [
             PendingCustomer(
