@@ -17,6 +17,8 @@ from batcher.simulator.profile import Profile, profile_from_dict
 from batcher.simulator.server import SimulatorThread
 
 REPO = Path(__file__).resolve().parent.parent
+# The `simulator` fixture: call it with a profile, get a running SimulatorThread.
+Sim = Callable[[Profile], SimulatorThread]
 DEMO_ENV = {
     "CAPILLARY_USERNAME": "demo.till",
     "CAPILLARY_PASSWORD": "demo-password",

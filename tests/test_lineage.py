@@ -13,18 +13,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from batcher.outcomes import JOURNAL_NAME, read_journal
-from batcher.simulator.profile import Profile
 from batcher.simulator.server import SimulatorThread
 from tests.conftest import (
     DEMO_ENV,
     REPO,
+    Sim,
     clean_profile,
     mobile,
     only_run_dir,
@@ -34,7 +33,6 @@ from tests.conftest import (
     write_pairs,
 )
 
-Sim = Callable[[Profile], SimulatorThread]
 PROGRAMS = ["partner-01", "partner-02", "partner-03", "partner-04"]
 CONFIRMED = ("delinked", "not_linked", "failed")
 

@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -15,11 +14,8 @@ import pytest
 import structlog
 
 from batcher import logs
-from batcher.simulator.profile import Profile
-from batcher.simulator.server import SimulatorThread
-from tests.conftest import clean_profile, only_run_dir, run_cli, write_job
+from tests.conftest import Sim, clean_profile, only_run_dir, run_cli, write_job
 
-Sim = Callable[[Profile], SimulatorThread]
 PASSWORD = "demo-password"
 PASSWORD_MD5 = hashlib.md5(PASSWORD.encode()).hexdigest()
 CLIENT_SECRET = "demo-secret"

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,11 +17,7 @@ from rich.console import Console
 
 from batcher.progress import Progress, render, take_figures
 from batcher.send import RunStats
-from batcher.simulator.profile import Profile
-from batcher.simulator.server import SimulatorThread
-from tests.conftest import DEMO_ENV, REPO, clean_profile, run_cli, write_job, write_pairs
-
-Sim = Callable[[Profile], SimulatorThread]
+from tests.conftest import DEMO_ENV, REPO, Sim, clean_profile, run_cli, write_job, write_pairs
 
 
 def slow_job(tmp_path: Path, base_url: str, customers: int = 60) -> Path:

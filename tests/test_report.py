@@ -7,18 +7,14 @@ import shutil
 import struct
 import subprocess
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from batcher.report import render_report
-from batcher.simulator.profile import Profile
-from batcher.simulator.server import SimulatorThread
-from tests.conftest import clean_profile, only_run_dir, run_cli, write_job, write_pairs
+from tests.conftest import Sim, clean_profile, only_run_dir, run_cli, write_job, write_pairs
 
-Sim = Callable[[Profile], SimulatorThread]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -5,16 +5,14 @@ The simulator's own counters are the truth: what it says is linked, attempted an
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from batcher.simulator.profile import Profile
-from batcher.simulator.server import SimulatorThread
 from tests.conftest import (
     REPO,
+    Sim,
     clean_profile,
     mobile,
     only_run_dir,
@@ -24,7 +22,6 @@ from tests.conftest import (
     write_pairs,
 )
 
-Sim = Callable[[Profile], SimulatorThread]
 PROGRAMS = ["partner-01", "partner-02", "partner-03"]
 
 

@@ -5,22 +5,18 @@ tests/test_logs.py (and tests/test_soak.py runs it on the soak)."""
 from __future__ import annotations
 
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from batcher.errors import JobError
 from batcher.job import load_job
-from batcher.simulator.profile import Profile
-from batcher.simulator.server import SimulatorThread
-from tests.conftest import clean_profile, only_run_dir, run_cli, write_job, write_pairs
-
-Sim = Callable[[Profile], SimulatorThread]
+from tests.conftest import Sim, clean_profile, only_run_dir, run_cli, write_job, write_pairs
 
 
-def _job(tmp_path: Path, *, name: str = "sec", top: str = "", api: str = "", base_url: str =
-         "simulator") -> Path:
+def _job(
+    tmp_path: Path, *, name: str = "sec", top: str = "", api: str = "", base_url: str = "simulator"
+) -> Path:
     path = tmp_path / "job.toml"
     path.write_text(
         f'name = "{name}"\n{top}[input]\npath = "pairs.csv"\n'
@@ -52,8 +48,20 @@ def test_a_secret_in_a_job_file_is_refused_with_where_secrets_go(
 
 @pytest.mark.parametrize(
     "name",
-    ["../escape", "..", "a/../../b", "/etc/passwd", "/tmp/abs", "a/b", "a\\b", ".hidden", "",
-     "~root", "x" * 101, "nul\x00name"],
+    [
+        "../escape",
+        "..",
+        "a/../../b",
+        "/etc/passwd",
+        "/tmp/abs",
+        "a/b",
+        "a\\b",
+        ".hidden",
+        "",
+        "~root",
+        "x" * 101,
+        "nul\x00name",
+    ],
 )
 def test_a_job_name_that_would_escape_the_output_folder_is_refused(
     tmp_path: Path, name: str
@@ -78,8 +86,13 @@ def test_cli_overrides_cannot_escape_the_output_folder_through_the_name(tmp_path
 
 @pytest.mark.parametrize(
     "url",
-    ["http://eu.api.capillarytech.example", "http://10.0.0.1:8080", "http://127.0.0.1.nip.io",
-     "http://localhost.evil.example", "http://[::ffff:10.0.0.1]"],
+    [
+        "http://eu.api.capillarytech.example",
+        "http://10.0.0.1:8080",
+        "http://127.0.0.1.nip.io",
+        "http://localhost.evil.example",
+        "http://[::ffff:10.0.0.1]",
+    ],
 )
 def test_plain_http_to_a_non_loopback_host_is_refused(tmp_path: Path, url: str) -> None:
     with pytest.raises(JobError, match="http"):
@@ -105,8 +118,9 @@ def test_every_output_file_and_folder_is_owner_only(tmp_path: Path, simulator: S
     assert validated.returncode == 0, validated.stderr
 
     out = tmp_path / "out"
-    assert {"outcomes.parquet", "failures.csv", "rejects.csv", "summary.json",
-            "run.log.jsonl"} <= {p.name for p in run_dir.iterdir()}
+    assert {"outcomes.parquet", "failures.csv", "rejects.csv", "summary.json", "run.log.jsonl"} <= {
+        p.name for p in run_dir.iterdir()
+    }
     loose = []
     for path in [out, *out.rglob("*")]:
         mode = stat.S_IMODE(path.lstat().st_mode)

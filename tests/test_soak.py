@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from batcher.simulator.profile import Profile
-from batcher.simulator.server import SimulatorThread
-from tests.conftest import clean_profile, mobile, read_summary, run_cli, write_job, write_pairs
+from tests.conftest import Sim, clean_profile, mobile, read_summary, run_cli, write_job, write_pairs
 from tests.test_logs import (
     BASIC_HEADER,
     CLIENT_SECRET,
@@ -31,7 +28,6 @@ from tests.test_logs import (
     _scan_texts,
 )
 
-Sim = Callable[[Profile], SimulatorThread]
 CUSTOMERS = 50_000
 PROGRAMS = ["partner-01", "partner-02", "partner-03", "partner-04"]
 ROWS = CUSTOMERS * len(PROGRAMS)
@@ -110,8 +106,16 @@ def test_soak_every_fault_at_once_then_retry_finishes_the_job(
     assert outcomes["row"].n_unique() == ROWS
     assert sum(summary["counts"].values()) == ROWS == summary["input"]["rows"]
     # Every fault really struck.
-    for fault in ("throttle", "server_error", "hang", "disconnect_before", "disconnect_after",
-                  "malformed_json", "item_transient", "item_omitted"):
+    for fault in (
+        "throttle",
+        "server_error",
+        "hang",
+        "disconnect_before",
+        "disconnect_after",
+        "malformed_json",
+        "item_transient",
+        "item_omitted",
+    ):
         assert counters["faults"].get(fault, 0) > 0, fault
     assert counters["throttled"] > 0 and snap["quota"]["slowed_down"]
     assert counters["tokens_issued"] >= 3
@@ -119,8 +123,11 @@ def test_soak_every_fault_at_once_then_retry_finishes_the_job(
     served = {(p["mobile"], p["program"]): p for p in snap["pairs"]}
     status_of = dict(
         zip(
-            zip(outcomes["mobile"].to_list(), outcomes["partner_program_name"].to_list(),
-                strict=True),
+            zip(
+                outcomes["mobile"].to_list(),
+                outcomes["partner_program_name"].to_list(),
+                strict=True,
+            ),
             outcomes["status"].to_list(),
             strict=True,
         )
@@ -133,8 +140,11 @@ def test_soak_every_fault_at_once_then_retry_finishes_the_job(
     # A delinked the server never answered as success is a 2004 after a lost attempt: noted.
     notes = dict(
         zip(
-            zip(outcomes["mobile"].to_list(), outcomes["partner_program_name"].to_list(),
-                strict=True),
+            zip(
+                outcomes["mobile"].to_list(),
+                outcomes["partner_program_name"].to_list(),
+                strict=True,
+            ),
             outcomes["note"].to_list(),
             strict=True,
         )
@@ -145,9 +155,7 @@ def test_soak_every_fault_at_once_then_retry_finishes_the_job(
     # Every pair still linked is retryable or failed, never delinked (nor not_linked).
     assert {status_of[pair] for pair in still} <= {"retryable", "failed"}
     # not_linked only where the server never had the link (it never answered success).
-    assert all(
-        served[pair]["delinked"] == 0 for pair, s in status_of.items() if s == "not_linked"
-    )
+    assert all(served[pair]["delinked"] == 0 for pair, s in status_of.items() if s == "not_linked")
     # Nothing confirmed was sent again: a pair the server processed twice had its first answer
     # lost, so the client never saw the success (it says delinked *with* the note, or retryable).
     resent = [pair for pair, p in served.items() if p["attempts"] > 1]
