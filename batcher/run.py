@@ -280,6 +280,8 @@ def _execute_locked(
                 "parent": parent or _manifest_parent(run_dir),
                 "started_at": started_at,
                 "finished_at": utc_now(),
+                # Validate's counts (valid, rejected, duplicate) stay, under their own key.
+                "validation": summary["counts"],
                 "counts": counts,
                 "codes": codes_table(outcomes),
                 "requests_sent": stats.requests,

@@ -106,6 +106,9 @@ def test_every_status_with_its_code(tmp_path: Path, simulator: Sim) -> None:
     assert (statuses[12], codes[12]) == ("failed", 2006)
     assert statuses[13] == statuses[14] == "rejected"
     assert statuses[15] == "duplicate"
+    summary = read_summary(run_dir)
+    assert summary["validation"] == {"valid": 12, "rejected": 2, "duplicate": 1}
+    assert sum(summary["counts"].values()) == summary["input"]["rows"] == 15
     duplicate = out.filter(pl.col("row") == 15)
     assert duplicate["duplicate_of"].item() == 3
     # It was never sent: it does not borrow the answer of the row it repeats.
