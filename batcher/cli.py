@@ -19,7 +19,7 @@ import click
 from batcher.errors import BatcherError
 
 if TYPE_CHECKING:
-    from batcher.run import RunResult
+    from batcher.runs.execute import RunResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -70,7 +70,7 @@ _output_option = click.option(
 def validate(job_file: str, input_path: str | None, output_dir: str | None) -> None:
     """Load, check and plan JOB_FILE's input; send nothing."""
     from batcher.job import load_job
-    from batcher.validate import validate_job
+    from batcher.runs.validate import validate_job
 
     job = load_job(job_file).with_overrides(input_path=input_path, output_dir=output_dir)
     sys.exit(validate_job(job))
@@ -109,9 +109,9 @@ def _send(
     """Configure logging and progress, run `start(progress)`, print the summary, exit."""
     from rich.console import Console
 
-    from batcher import logs
-    from batcher.progress import Progress
-    from batcher.summary import print_run_summary
+    from batcher.present import logs
+    from batcher.present.console import print_run_summary
+    from batcher.present.progress import Progress
 
     logs.configure(log_format=log_format, level="warning" if quiet else "info")  # type: ignore[arg-type]
     progress = Progress.choose(quiet=quiet, quota_per_s=quota_per_s, every_s=progress_every_s)
@@ -157,11 +157,11 @@ def run(
         input_path=input_path, base_url=base_url, output_dir=output_dir
     )
     if dry_run:
-        from batcher.validate import validate_job
+        from batcher.runs.validate import validate_job
 
         sys.exit(validate_job(job))
-    from batcher.lineage import newest_unfinished, resume
-    from batcher.run import execute
+    from batcher.runs.execute import execute
+    from batcher.runs.lineage import newest_unfinished, resume
 
     def send(start: Callable[[Any], RunResult | None]) -> None:
         _send(
@@ -185,7 +185,7 @@ def run(
 
 def _quota_of_run(run_dir: Path) -> float:
     """The quota (requests/s) of the job a run folder belongs to, for the progress display."""
-    from batcher.lineage import job_of_run, read_manifest
+    from batcher.runs.lineage import job_of_run, read_manifest
 
     return job_of_run(run_dir.resolve(), read_manifest(run_dir.resolve())).api.quota.rate_per_s
 
@@ -199,7 +199,7 @@ def resume_command(
     run_dir: Path, force: bool, quiet: bool, progress_every_s: float, log_format: str
 ) -> None:
     """Carry on an interrupted run; pairs with a confirmed outcome are not sent again."""
-    from batcher.lineage import resume
+    from batcher.runs.lineage import resume
 
     _send(
         lambda p: resume(run_dir, force=force, progress=p),
@@ -224,7 +224,7 @@ def retry_command(
     run_dir: Path, include_failed: bool, quiet: bool, progress_every_s: float, log_format: str
 ) -> None:
     """A new run of RUN_DIR's job over its retryable (with --all, also failed) rows."""
-    from batcher.lineage import retry
+    from batcher.runs.lineage import retry
 
     _send(
         lambda p: retry(run_dir, include_failed=include_failed, progress=p),
@@ -249,7 +249,7 @@ def report_command(run_dir: Path, out_path: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from batcher.lineage import merged_report, report_counts, write_merged
+    from batcher.runs.lineage import merged_report, report_counts, write_merged
 
     merged, used = merged_report(run_dir)
     counts = report_counts(merged)
@@ -293,11 +293,11 @@ def runs(job: str | None, output_dir: str | None) -> None:
     """List past runs of JOB (a job file or a job name; all jobs if omitted), newest first."""
     from rich.console import Console
 
-    from batcher.history import list_all_runs, list_runs, print_runs
+    from batcher.runs.history import list_all_runs, list_runs, print_runs
 
     if job is not None and (job.endswith(".toml") or Path(job).is_file()):
         from batcher.job import load_job
-        from batcher.rundir import job_output_dir
+        from batcher.runs.rundir import job_output_dir
 
         loaded = load_job(job).with_overrides(output_dir=output_dir)
         found = list_runs(job_output_dir(loaded))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from batcher.contract import Entry, build_body
+from batcher.send.contract import Entry, build_body
 
 # Rows turned into Python objects at a time while streaming requests.
 _SLICE_ROWS = 65_536

@@ -54,7 +54,7 @@ def _child(kind: str, path: Path) -> None:
     start = time.perf_counter()
     if kind == "ours":
         from batcher.job import load_job
-        from batcher.validate import validate_job
+        from batcher.runs.validate import validate_job
 
         job_file = DATA / f"bench-{path.suffix[1:]}.toml"
         job_file.write_text(
@@ -83,7 +83,9 @@ def _child(kind: str, path: Path) -> None:
 def measure(kind: str, path: Path) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, __file__, "--child", kind, str(path)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 

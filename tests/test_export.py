@@ -8,13 +8,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batcher.export import write_table
+from batcher.input.tables import write_table
 
 
 @pytest.mark.parametrize(
     ("cell", "written"),
     [
-        ("=HYPERLINK(\"x\")", "'=HYPERLINK(\"x\")"),
+        ('=HYPERLINK("x")', '\'=HYPERLINK("x")'),
         ("@SUM(A1)", "'@SUM(A1)"),
         ("\tcmd", "'\tcmd"),
         ("\rcmd", "'\rcmd"),

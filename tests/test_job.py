@@ -44,9 +44,9 @@ def test_defaults_are_filled_in(tmp_path: Path) -> None:
         (GOOD + "colour = 1\n", "'api.colour' is not a known key"),
         (GOOD + 'customers_per_request = "50"\n', "'api.customers_per_request' has the wrong"),
         (GOOD + "customers_per_request = 0\n", "'api.customers_per_request' has a bad value"),
-        (GOOD + "rate = \"fast\"\n", "'api.rate' has a bad value"),
-        (GOOD + "password = \"hunter2\"\n", "looks like a secret"),
-        (GOOD + "[simulator]\nprofile = \"missing.toml\"\n", "names a file that does not exist"),
+        (GOOD + 'rate = "fast"\n', "'api.rate' has a bad value"),
+        (GOOD + 'password = "hunter2"\n', "looks like a secret"),
+        (GOOD + '[simulator]\nprofile = "missing.toml"\n', "names a file that does not exist"),
         ('name = "../x"\n' + GOOD.split("\n", 2)[2], "key 'name' has a bad value"),
     ],
 )
@@ -69,7 +69,9 @@ def test_bad_identifier_names_allowed_values(tmp_path: Path) -> None:
 def test_missing_job_file_is_exit_2_without_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "batcher.cli", "validate", str(tmp_path / "nope.toml")],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr
@@ -78,9 +80,16 @@ def test_missing_job_file_is_exit_2_without_traceback(tmp_path: Path) -> None:
 
 def test_secret_key_points_at_the_environment(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "batcher.cli", "validate",
-         str(write_job(tmp_path, GOOD + 'client_secret = "x"\n'))],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "batcher.cli",
+            "validate",
+            str(write_job(tmp_path, GOOD + 'client_secret = "x"\n')),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 2
     assert "CAPILLARY_" in proc.stderr

@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batcher.outcomes import JOURNAL_NAME, read_journal
+from batcher.results.outcomes import JOURNAL_NAME, read_journal
 from batcher.simulator.server import SimulatorThread
 from tests.conftest import (
     DEMO_ENV,

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 import structlog
 
-from batcher import logs
+from batcher.present import logs
 from tests.conftest import Sim, clean_profile, only_run_dir, run_cli, write_job
 
 PASSWORD = "demo-password"

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from batcher import contract
 from batcher.job import load_job
-from batcher.outcomes import Journal, read_journal
-from batcher.send import Batch, PendingCustomer, PendingPair, Sender
+from batcher.results.outcomes import Journal, read_journal
+from batcher.send import contract
+from batcher.send.sender import Batch, PendingCustomer, PendingPair, Sender
 from tests.conftest import mobile, write_job
 
 PROGRAMS = ["partner-01", "partner-02", "partner-03"]

@@ -14,8 +14,8 @@ from email.utils import format_datetime
 import pytest
 
 from batcher.job import Quota
-from batcher.pace import BURST_S, DECREASE_FACTOR, HEADROOM, INCREASE_PER_S, Pacer
-from batcher.session import retry_after_s
+from batcher.send.pace import BURST_S, DECREASE_FACTOR, HEADROOM, INCREASE_PER_S, Pacer
+from batcher.send.session import retry_after_s
 
 
 class FakeClock:

@@ -13,8 +13,11 @@ from batcher.plan import build_plan, plan_figures
 
 def pairs_of(rows: list[tuple[str, str]]) -> pl.DataFrame:
     return pl.DataFrame(
-        {"_key": list(range(len(rows))), "_customer": [c for c, _ in rows],
-         "_program": [p for _, p in rows]},
+        {
+            "_key": list(range(len(rows))),
+            "_customer": [c for c, _ in rows],
+            "_program": [p for _, p in rows],
+        },
         schema_overrides={"_key": pl.Int64},
     )
 
@@ -23,15 +26,30 @@ def test_groups_programs_per_customer_in_first_appearance_order() -> None:
     plan = build_plan(pairs_of([("b", "p1"), ("a", "p1"), ("b", "p2"), ("c", "p1")]), 50, 50)
     (req,) = list(plan.iter_requests("mobile"))
     assert [(e.customer, e.programs) for e in req.entries] == [
-        ("b", ("p1", "p2")), ("a", ("p1",)), ("c", ("p1",)),
+        ("b", ("p1", "p2")),
+        ("a", ("p1",)),
+        ("c", ("p1",)),
     ]
     assert req.keys == ((0, 2), (1,), (3,))
-    assert req.body("mobile") == {"deLinkCustomers": [
-        {"customer": {"mobile": "b"}, "deLinkFromPartnerPrograms": [
-            {"partnerProgramName": "p1"}, {"partnerProgramName": "p2"}]},
-        {"customer": {"mobile": "a"}, "deLinkFromPartnerPrograms": [{"partnerProgramName": "p1"}]},
-        {"customer": {"mobile": "c"}, "deLinkFromPartnerPrograms": [{"partnerProgramName": "p1"}]},
-    ]}
+    assert req.body("mobile") == {
+        "deLinkCustomers": [
+            {
+                "customer": {"mobile": "b"},
+                "deLinkFromPartnerPrograms": [
+                    {"partnerProgramName": "p1"},
+                    {"partnerProgramName": "p2"},
+                ],
+            },
+            {
+                "customer": {"mobile": "a"},
+                "deLinkFromPartnerPrograms": [{"partnerProgramName": "p1"}],
+            },
+            {
+                "customer": {"mobile": "c"},
+                "deLinkFromPartnerPrograms": [{"partnerProgramName": "p1"}],
+            },
+        ]
+    }
     assert (plan.customers, plan.requests) == (3, 1)
 
 
@@ -40,7 +58,9 @@ def test_split_customer_never_shares_a_request_with_itself() -> None:
     plan = build_plan(pairs_of(rows), customers_per_request=10, programs_per_customer=2)
     requests = list(plan.iter_requests("mobile"))
     assert [[(e.customer, len(e.programs)) for e in r.entries] for r in requests] == [
-        [("a", 2), ("b", 1)], [("a", 2)], [("a", 1)],
+        [("a", 2), ("b", 1)],
+        [("a", 2)],
+        [("a", 1)],
     ]
     assert [r.index for r in requests] == [0, 1, 2] and plan.requests == 3
 

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
-from batcher.progress import Progress, render, take_figures
-from batcher.send import RunStats
+from batcher.present.progress import Progress, render, take_figures
+from batcher.send.sender import RunStats
 from tests.conftest import DEMO_ENV, REPO, Sim, clean_profile, run_cli, write_job, write_pairs
 
 

@@ -13,9 +13,9 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batcher import contract
-from batcher.outcomes import JOURNAL_SCHEMA, STATUSES, assemble_outcomes
-from batcher.source import validate_rows
+from batcher.input.source import validate_rows
+from batcher.results.outcomes import JOURNAL_SCHEMA, STATUSES, assemble_outcomes
+from batcher.send import contract
 
 FAST = settings(max_examples=60, deadline=None)
 digits = st.text(alphabet="0123456789", min_size=10, max_size=15)
@@ -97,8 +97,9 @@ def _response(
 @given(
     st.dictionaries(
         digits,
-        st.dictionaries(st.sampled_from([f"p{i}" for i in range(6)]),
-                        st.sampled_from(STATUS_CODES), min_size=1),
+        st.dictionaries(
+            st.sampled_from([f"p{i}" for i in range(6)]), st.sampled_from(STATUS_CODES), min_size=1
+        ),
         min_size=1,
         max_size=8,
     ),
@@ -142,8 +143,19 @@ def test_parse_response_any_order_either_shape_omissions_and_extras(
 
 def _journal(entries: list[tuple[str, str, str]]) -> pl.DataFrame:
     rows = [
-        {"k": i, "cu": cu, "pr": pr, "s": s, "c": 200, "m": "x", "cid": None, "rid": "r",
-         "a": 1, "t": "2026-01-01T00:00:00Z", "n": None}
+        {
+            "k": i,
+            "cu": cu,
+            "pr": pr,
+            "s": s,
+            "c": 200,
+            "m": "x",
+            "cid": None,
+            "rid": "r",
+            "a": 1,
+            "t": "2026-01-01T00:00:00Z",
+            "n": None,
+        }
         for i, (cu, pr, s) in enumerate(entries)
     ]
     frame = pl.DataFrame(rows, schema=JOURNAL_SCHEMA)
@@ -153,11 +165,22 @@ def _journal(entries: list[tuple[str, str, str]]) -> pl.DataFrame:
 
 @FAST
 @given(
-    st.lists(st.tuples(st.integers(0, 20), st.sampled_from(["a", "b", "c"]),
-                       st.sampled_from(["valid", "rejected", "duplicate"])), max_size=60),
-    st.lists(st.tuples(st.integers(0, 25), st.sampled_from(["a", "b", "c", "z"]),
-                       st.sampled_from(["delinked", "not_linked", "failed", "retryable"])),
-             max_size=80),
+    st.lists(
+        st.tuples(
+            st.integers(0, 20),
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from(["valid", "rejected", "duplicate"]),
+        ),
+        max_size=60,
+    ),
+    st.lists(
+        st.tuples(
+            st.integers(0, 25),
+            st.sampled_from(["a", "b", "c", "z"]),
+            st.sampled_from(["delinked", "not_linked", "failed", "retryable"]),
+        ),
+        max_size=80,
+    ),
 )
 def test_statuses_always_sum_to_rows_read(
     rows: list[tuple[int, str, str]], entries: list[tuple[int, str, str]]
@@ -183,9 +206,16 @@ def test_statuses_always_sum_to_rows_read(
         )
     frame = pl.DataFrame(
         data,
-        schema={"row": pl.Int64, "mobile": pl.String, "_customer": pl.String,
-                "_program": pl.String, "status": pl.String, "message": pl.String,
-                "reason": pl.String, "duplicate_of": pl.Int64},
+        schema={
+            "row": pl.Int64,
+            "mobile": pl.String,
+            "_customer": pl.String,
+            "_program": pl.String,
+            "status": pl.String,
+            "message": pl.String,
+            "reason": pl.String,
+            "duplicate_of": pl.Int64,
+        },
     )
     out = assemble_outcomes(frame, _journal([(str(c), p, s) for c, p, s in entries]), ["mobile"])
 

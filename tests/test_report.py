@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from batcher.report import render_report
+from batcher.present.report import render_report
 from tests.conftest import Sim, clean_profile, only_run_dir, run_cli, write_job, write_pairs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from batcher.history import list_runs
+from batcher.runs.history import list_runs
 from tests.conftest import run_cli, write_job
 
 

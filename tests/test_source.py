@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batcher.errors import InputError
+from batcher.input.source import REASONS, Source, load_source, validate_rows
 from batcher.job import Job, load_job
-from batcher.source import REASONS, Source, load_source, validate_rows
 
 HEADER = "mobile,partner_program_name"
 
@@ -51,7 +51,10 @@ def test_mobile_formats_normalise_to_digits(tmp_path: Path) -> None:
         "'919800000003,partner-01\n 919800000004 ,' partner-02 \n",
     )
     assert src.rows.get_column("_customer").to_list() == [
-        "919800000001", "919800000002", "919800000003", "919800000004",
+        "919800000001",
+        "919800000002",
+        "919800000003",
+        "919800000004",
     ]
     assert src.rows.get_column("_program").to_list()[-1] == "partner-02"
     assert src.counts() == {"valid": 4, "rejected": 0, "duplicate": 0}
@@ -161,9 +164,15 @@ def test_glob_numbers_rows_per_file_and_names_the_file(tmp_path: Path) -> None:
 
 def _wrap(frame: pl.DataFrame, src: Source) -> Source:
     return Source(
-        files=src.files, format=src.format, columns=src.columns, rows=frame,
-        identifier=src.identifier, identifier_column=src.identifier_column,
-        program_column=src.program_column, is_glob=src.is_glob, notes=src.notes,
+        files=src.files,
+        format=src.format,
+        columns=src.columns,
+        rows=frame,
+        identifier=src.identifier,
+        identifier_column=src.identifier_column,
+        program_column=src.program_column,
+        is_glob=src.is_glob,
+        notes=src.notes,
     )
 
 
@@ -234,15 +243,21 @@ def test_empty_and_header_only_files_have_zero_rows(tmp_path: Path, content: str
 def test_nulls_everywhere(tmp_path: Path) -> None:
     src = load_csv(tmp_path, f"{HEADER},region\n,,\n,p1,\n919800000001,,\n,,x\n")
     assert src.rows.get_column("reason").to_list() == [
-        "missing_identifier", "missing_identifier", "missing_program", "missing_identifier",
+        "missing_identifier",
+        "missing_identifier",
+        "missing_program",
+        "missing_identifier",
     ]
     accounted(src)
 
 
 def test_parquet_with_integer_mobile_keeps_every_digit(tmp_path: Path) -> None:
     pl.DataFrame(
-        {"mobile": [919800000001, None, 919812345678], "partner_program_name": ["p1", "p1", None],
-         "qty": [1, 2, 3]},
+        {
+            "mobile": [919800000001, None, 919812345678],
+            "partner_program_name": ["p1", "p1", None],
+            "qty": [1, 2, 3],
+        },
         schema={"mobile": pl.Int64, "partner_program_name": pl.String, "qty": pl.Int32},
     ).write_parquet(tmp_path / "in.parquet")
     src = load_source(make_job(tmp_path, "in.parquet"))
@@ -293,7 +308,11 @@ def test_ragged_csv_is_an_input_error(tmp_path: Path) -> None:
 def test_columns_named_like_outputs_are_renamed(tmp_path: Path) -> None:
     src = load_csv(tmp_path, f"{HEADER},status,row,note\n919800000001,p1,old,7,n\n")
     assert src.columns == [
-        "mobile", "partner_program_name", "input_status", "input_row", "input_note",
+        "mobile",
+        "partner_program_name",
+        "input_status",
+        "input_row",
+        "input_note",
     ]
     assert any("input_status" in n for n in src.notes)
     assert src.rows.get_column("status").to_list() == ["valid"]
@@ -320,9 +339,11 @@ def test_file_metadata_and_sha256(tmp_path: Path) -> None:
 def test_generated_file_is_fully_accounted_for(tmp_path: Path) -> None:
     n = 20_000
     frame = pl.select(i=pl.int_range(n)).select(
-        mobile=pl.when(pl.col("i") % 97 == 0).then(pl.lit("9.1E+11"))
+        mobile=pl.when(pl.col("i") % 97 == 0)
+        .then(pl.lit("9.1E+11"))
         .otherwise(pl.lit("9198") + (pl.col("i") % 5000).cast(pl.String).str.zfill(8)),
-        partner_program_name=pl.when(pl.col("i") % 89 == 0).then(None)
+        partner_program_name=pl.when(pl.col("i") % 89 == 0)
+        .then(None)
         .otherwise(pl.lit("partner-") + (pl.col("i") % 3).cast(pl.String)),
     )
     frame.write_csv(tmp_path / "in.csv")
@@ -361,14 +382,20 @@ def written_mobile(draw: st.DrawFn) -> tuple[str, str]:
 
 def _normalise(values: list[str]) -> list[str | None]:
     frame = pl.DataFrame(
-        {"_key": range(len(values)), "row": range(1, len(values) + 1),
-         "source_file": ["f"] * len(values), "mobile": values,
-         "partner_program_name": [f"p{i}" for i in range(len(values))]},
+        {
+            "_key": range(len(values)),
+            "row": range(1, len(values) + 1),
+            "source_file": ["f"] * len(values),
+            "mobile": values,
+            "partner_program_name": [f"p{i}" for i in range(len(values))],
+        },
         schema_overrides={"_key": pl.Int64, "row": pl.Int64},
     )
-    return validate_rows(frame, "mobile", "mobile", "partner_program_name").get_column(
-        "_customer"
-    ).to_list()
+    return (
+        validate_rows(frame, "mobile", "mobile", "partner_program_name")
+        .get_column("_customer")
+        .to_list()
+    )
 
 
 @settings(max_examples=200, deadline=None)
@@ -395,8 +422,13 @@ def test_normalised_mobile_is_ascii_digits_or_rejected(text: str) -> None:
 @pytest.mark.parametrize("program", ["p1\x00", "p1\x07", "\x00p1", "p\x1f1"])
 def test_program_with_a_control_character_anywhere_is_rejected(program: str) -> None:
     frame = pl.DataFrame(
-        {"_key": [0], "row": [1], "source_file": ["f"], "mobile": ["919800000001"],
-         "partner_program_name": [program]},
+        {
+            "_key": [0],
+            "row": [1],
+            "source_file": ["f"],
+            "mobile": ["919800000001"],
+            "partner_program_name": [program],
+        },
         schema_overrides={"_key": pl.Int64, "row": pl.Int64},
     )
     got = validate_rows(frame, "mobile", "mobile", "partner_program_name")

@@ -29,9 +29,7 @@ def only_run_dir(out: Path, job: str) -> Path:
 
 def write_job(tmp_path: Path, path: str = "in.csv", extra: str = "") -> Path:
     job = tmp_path / "job.toml"
-    job.write_text(
-        f'name = "t"\n[input]\npath = "{path}"\n[api]\nbase_url = "simulator"\n{extra}'
-    )
+    job.write_text(f'name = "t"\n[input]\npath = "{path}"\n[api]\nbase_url = "simulator"\n{extra}')
     return job
 
 
@@ -58,7 +56,8 @@ def test_samples_validate_and_every_row_is_accounted_for(
     assert summary["started_at"] <= summary["finished_at"]
     rejects_path = run_dir / f"rejects.{fmt}"
     rejects = (
-        pl.read_csv(rejects_path, infer_schema=False) if fmt == "csv"
+        pl.read_csv(rejects_path, infer_schema=False)
+        if fmt == "csv"
         else pl.read_parquet(rejects_path)
     )
     assert rejects.height == counts["rejected"] + counts["duplicate"]
@@ -110,7 +109,8 @@ def test_glob_rejects_name_the_source_file(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     rejects = pl.read_csv(only_run_dir(tmp_path / "o", "t") / "rejects.csv", infer_schema=False)
     assert rejects.select("row", "source_file", "status").rows() == [
-        ("2", "a.csv", "rejected"), ("1", "b.csv", "duplicate"),
+        ("2", "a.csv", "rejected"),
+        ("1", "b.csv", "duplicate"),
     ]
 
 
@@ -136,8 +136,14 @@ def test_input_override_and_formula_cells_neutralised(tmp_path: Path) -> None:
     other.write_text('mobile,partner_program_name,note\n=cmd(),p1,"@x"\n')
     result = CliRunner().invoke(
         main,
-        ["validate", str(write_job(tmp_path, "missing.csv")), "--input", str(other),
-         "--output", str(tmp_path / "o")],
+        [
+            "validate",
+            str(write_job(tmp_path, "missing.csv")),
+            "--input",
+            str(other),
+            "--output",
+            str(tmp_path / "o"),
+        ],
     )
     assert result.exit_code == 0, result.output
     text = (only_run_dir(tmp_path / "o", "t") / "rejects.csv").read_text()

@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from batcher.contract import DELINK_PATH, TOKEN_PATH
+from batcher.send.contract import DELINK_PATH, TOKEN_PATH
 from batcher.simulator import responses as r
 from batcher.simulator.delink import BadRequest, Delinker
 from batcher.simulator.faults import RequestFault, Trouble

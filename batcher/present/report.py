@@ -12,8 +12,8 @@ import html
 from pathlib import Path
 from typing import Any
 
-from batcher import logs
-from batcher.outcomes import STATUSES
+from batcher.present import logs
+from batcher.results.outcomes import STATUSES
 
 REPORT_NAME = "report.html"
 

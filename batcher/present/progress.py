@@ -21,12 +21,12 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from batcher import logs
-from batcher.outcomes import Journal, Status
-from batcher.pace import PaceState
-from batcher.stats import RunStats
+from batcher.present import logs
+from batcher.results.outcomes import Journal, Status
+from batcher.send.pace import PaceState
+from batcher.send.stats import RunStats
 
-log = structlog.get_logger("batcher.progress")
+log = structlog.get_logger("batcher.present.progress")
 
 Mode = Literal["bar", "log", "off"]
 # The statuses a sent pair can end with, in display order.

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from batcher.errors import RunLockedError
-from batcher.outcomes import utc_now
+from batcher.results.outcomes import utc_now
 
 LOCK_NAME = ".lock"
 

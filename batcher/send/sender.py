@@ -22,18 +22,18 @@ import aiohttp
 import orjson
 import structlog
 
-from batcher import contract
-from batcher.auth import Authenticator, AuthRefused
-from batcher.contract import Entry, Verdict
 from batcher.errors import RunStopped
 from batcher.job import Job
-from batcher.outcomes import Journal, Outcome, Status
-from batcher.pace import Pacer, backoff_s
 from batcher.plan import PlannedRequest
-from batcher.session import retry_after_s
-from batcher.stats import RunStats
+from batcher.results.outcomes import Journal, Outcome, Status
+from batcher.send import contract
+from batcher.send.auth import Authenticator, AuthRefused
+from batcher.send.contract import Entry, Verdict
+from batcher.send.pace import Pacer, backoff_s
+from batcher.send.session import retry_after_s
+from batcher.send.stats import RunStats
 
-log = structlog.get_logger("batcher.send")
+log = structlog.get_logger("batcher.send.sender")
 
 # Whole-request answers worth another try; everything 5xx is, too.
 TRANSIENT_STATUSES = frozenset({408, 425, 500, 502, 503, 504, 521})

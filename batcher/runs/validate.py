@@ -11,11 +11,11 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from batcher.export import write_table
+from batcher.input.source import Source, load_source
+from batcher.input.tables import write_table
 from batcher.job import Job
 from batcher.plan import Plan, PlanFigures, plan_figures
-from batcher.rundir import create_run_dir, write_json
-from batcher.source import Source, load_source
+from batcher.runs.rundir import create_run_dir, write_json
 
 PREVIEW_REQUESTS = 5
 REJECTS_STEM = "rejects"

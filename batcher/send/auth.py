@@ -16,9 +16,9 @@ from typing import Any
 
 import aiohttp
 
-from batcher import logs
-from batcher.contract import TOKEN_PATH
 from batcher.errors import CredentialsError, RunStopped
+from batcher.present import logs
+from batcher.send.contract import TOKEN_PATH
 
 ENV_USERNAME = "CAPILLARY_USERNAME"
 ENV_PASSWORD = "CAPILLARY_PASSWORD"

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from batcher.outcomes import STATUSES
+from batcher.results.outcomes import STATUSES
 
 SUMMARY_NAME = "summary.json"
 MANIFEST_NAME = "manifest.json"

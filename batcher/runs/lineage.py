@@ -16,14 +16,20 @@ import polars as pl
 import structlog
 
 from batcher.errors import BatcherError, InputError
-from batcher.export import write_table
+from batcher.input.source import Format, fingerprint_inputs
+from batcher.input.tables import write_table
 from batcher.job import Job, load_job
-from batcher.outcomes import ANSWER_COLUMNS, JOURNAL_NAME, STATUSES, Status, unconfirmed_sends
-from batcher.run import MANIFEST_NAME, RunResult, execute
-from batcher.rundir import create_run_dir, job_output_dir
-from batcher.source import Format, fingerprint_inputs
+from batcher.results.outcomes import (
+    ANSWER_COLUMNS,
+    JOURNAL_NAME,
+    STATUSES,
+    Status,
+    unconfirmed_sends,
+)
+from batcher.runs.execute import MANIFEST_NAME, RunResult, execute
+from batcher.runs.rundir import create_run_dir, job_output_dir
 
-log = structlog.get_logger("batcher.lineage")
+log = structlog.get_logger("batcher.runs.lineage")
 ORIGIN_NAME = "origin.parquet"
 
 

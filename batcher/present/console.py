@@ -11,8 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from batcher.logs import mask_text
-from batcher.outcomes import STATUSES
+from batcher.present.logs import mask_text
+from batcher.results.outcomes import STATUSES
 
 
 def next_step(summary: dict[str, Any], run_dir: Path) -> str | None:

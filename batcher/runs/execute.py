@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 import structlog
 
-from batcher import logs
-from batcher.auth import Authenticator, Credentials, credentials_from_env
 from batcher.errors import RunStopped
-from batcher.export import write_table
+from batcher.input.source import Source, load_source
+from batcher.input.tables import write_table
 from batcher.job import Job
-from batcher.lock import job_lock
-from batcher.outcomes import (
+from batcher.plan import build_plan
+from batcher.present import logs
+from batcher.present.report import write_report
+from batcher.results.outcomes import (
     JOURNAL_NAME,
     Journal,
     Status,
@@ -34,19 +35,18 @@ from batcher.outcomes import (
     summarise_counts,
     utc_now,
 )
-from batcher.plan import build_plan
-from batcher.report import write_report
-from batcher.rundir import create_run_dir, job_output_dir, write_json
-from batcher.send import Sender
-from batcher.session import make_session
-from batcher.source import Source, load_source
-from batcher.stats import RunStats
-from batcher.validate import plan_summary, write_rejects
+from batcher.runs.lock import job_lock
+from batcher.runs.rundir import create_run_dir, job_output_dir, write_json
+from batcher.runs.validate import plan_summary, write_rejects
+from batcher.send.auth import Authenticator, Credentials, credentials_from_env
+from batcher.send.sender import Sender
+from batcher.send.session import make_session
+from batcher.send.stats import RunStats
 
 if TYPE_CHECKING:
     from batcher.simulator.profile import Profile
 
-log = structlog.get_logger("batcher.run")
+log = structlog.get_logger("batcher.runs.execute")
 
 EXIT_STOPPED = 3
 MANIFEST_NAME = "manifest.json"
@@ -66,7 +66,7 @@ def resolve_credentials(job: Job, profile: Profile | None) -> Credentials:
     if profile is not None:
         creds = profile.credentials
         if job.api.auth == "basic":
-            from batcher.auth import md5_hex
+            from batcher.send.auth import md5_hex
 
             return Credentials(
                 "basic", username=creds.basic_username, password_md5=md5_hex(creds.basic_password)
@@ -334,7 +334,7 @@ async def _run_with_progress(
     if progress is None:
         await _send_all(job, profile, credentials, sender)
         return
-    # watch = (journal, stats, pace): what the display reads (see batcher.progress.Progress.live).
+    # watch = (journal, stats, pace): what the display reads (see present.progress.Progress.live).
     async with progress.live(*watch):
         await _send_all(job, profile, credentials, sender)
 

@@ -1,0 +1,1 @@
+"""Reading the hand-off: files, rows (normalise, validate, dedupe), and the tables written back."""

@@ -1,0 +1,1 @@
+"""What the API answered: the journal and the per-row outcomes."""

@@ -1,0 +1,1 @@
+"""Sending the plan: the wire contract, authentication, pacing and the sender loop."""
