@@ -47,6 +47,10 @@ class InputSettings:
     program_column: str
     separator: str
     encoding: str
+    # Mobiles: a national number (this many digits, or one more with a leading trunk 0) is
+    # completed with the country code before validation, deduplication and sending.
+    default_country_code: str | None = None
+    national_mobile_digits: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,8 @@ class Job:
                 "program_column": self.input.program_column,
                 "separator": self.input.separator,
                 "encoding": self.input.encoding,
+                "default_country_code": self.input.default_country_code,
+                "national_mobile_digits": self.input.national_mobile_digits,
             },
             "api": {
                 "base_url": self.api.base_url,
@@ -190,6 +196,17 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
             str,
             "utf8 (default), utf8-lossy, or a Python codec name such as cp1252 or latin-1",
             bool,
+        ),
+        "default_country_code": _Key(
+            str,
+            'the country code national mobiles are completed with, 1 to 4 digits such as "91" '
+            "(only with identifier = mobile)",
+            lambda v: bool(re.fullmatch(r"[1-9][0-9]{0,3}", v)),
+        ),
+        "national_mobile_digits": _Key(
+            int,
+            "the length of a national mobile number without its trunk 0, 4 to 14 (default 10)",
+            lambda v: _positive_int(v) and 4 <= v <= 14,
         ),
     },
     "api": {
@@ -388,6 +405,14 @@ def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
         )
 
     identifier: Identifier = inp.get("identifier", "mobile")
+    for key in ("default_country_code", "national_mobile_digits"):
+        if key in inp and identifier != "mobile":
+            raise _fail(
+                job_path,
+                f"input.{key}",
+                f"applies to mobiles only, and input.identifier is {identifier!r}",
+                'remove it, or set input.identifier = "mobile"',
+            )
     profile: Path | None = None
     if "profile" in sim:
         profile = (job_path.parent / sim["profile"]).resolve()
@@ -409,6 +434,8 @@ def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
             program_column=inp.get("program_column", "partner_program_name"),
             separator=inp.get("separator", ","),
             encoding=inp.get("encoding", "utf8"),
+            default_country_code=inp.get("default_country_code"),
+            national_mobile_digits=inp.get("national_mobile_digits", 10),
         ),
         api=ApiSettings(
             base_url=base_url,

@@ -50,6 +50,7 @@ JOURNAL_SCHEMA = {
     "t": pl.String,  # finished_at, UTC ISO 8601
     "n": pl.String,  # note
     "ms": pl.Boolean,  # retryable only: an attempt may have been processed, its answer lost
+    "ai": pl.String,  # the customer's identifier as the API answered it (its stored form)
 }
 
 # What an answer says of a row; a later run's answer replaces all of them (see lineage.report).
@@ -58,6 +59,7 @@ ANSWER_COLUMNS = (
     "code",
     "message",
     "customer_id",
+    "api_identifier",
     "request_id",
     "attempts",
     "finished_at",
@@ -79,6 +81,7 @@ class Outcome(NamedTuple):
     attempts: int = 0
     note: str | None = None
     maybe_sent: bool = False
+    api_identifier: str | None = None  # the identifier the answer named, when it was placed
 
 
 def _fsync_all(*fds: int) -> None:
@@ -141,7 +144,8 @@ class Journal:
             f'"s":"{status}","c":{_number(outcome.code)},"m":{text(outcome.message)},'
             f'"cid":{_number(outcome.customer_id)},"rid":{text(outcome.request_id)},'
             f'"a":{outcome.attempts},"t":{text(finished_at or utc_now())},'
-            f'"n":{text(outcome.note)},"ms":{"true" if outcome.maybe_sent else "false"}}}'
+            f'"n":{text(outcome.note)},"ms":{"true" if outcome.maybe_sent else "false"},'
+            f'"ai":{text(outcome.api_identifier)}}}'
         )
         self.counts[status] += 1
 
@@ -300,7 +304,10 @@ def assemble_outcomes(
         .then(pl.col("m").fill_null(unsent or "not sent: no answer was recorded"))
         .otherwise(pl.col("message"))
         .alias("message"),
+        # The identifier as normalised: what was sent (for a duplicate, what made it one).
+        pl.col("_customer").alias("sent_identifier"),
         pl.col("cid").alias("customer_id"),
+        pl.col("ai").alias("api_identifier"),
         pl.col("rid").alias("request_id"),
         pl.col("a").fill_null(0).alias("attempts"),
         pl.col("t").alias("finished_at"),

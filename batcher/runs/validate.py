@@ -11,7 +11,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from batcher.input.source import Source, load_source
+from batcher.input.source import Source, count_national_mobiles, load_source
 from batcher.input.tables import write_table
 from batcher.job import Job
 from batcher.plan import Plan, PlanFigures, plan_figures
@@ -52,6 +52,21 @@ def write_plan_preview(
     return path
 
 
+def input_warnings(job: Job, source: Source) -> list[str]:
+    """What in a valid input will likely go wrong at the API, one sentence each."""
+    warnings = []
+    if source.identifier == "mobile" and job.input.default_country_code is None:
+        digits = job.input.national_mobile_digits
+        national = count_national_mobiles(source, digits)
+        if national:
+            warnings.append(
+                f"{national:,} mobile{'s look' if national > 1 else ' looks'} national "
+                f"({digits} digits); the API will complete them with the org's country code: "
+                "set input.default_country_code to send them in full"
+            )
+    return warnings
+
+
 def plan_summary(job: Job, run_id: str, source: Source, plan: PlanFigures) -> dict[str, Any]:
     """The validate part of summary.json (a run's summary starts from it)."""
     return {
@@ -73,6 +88,7 @@ def plan_summary(job: Job, run_id: str, source: Source, plan: PlanFigures) -> di
         "pairs": plan.pairs,
         "customers": plan.customers,
         "requests": plan.requests,
+        "warnings": input_warnings(job, source),
     }
 
 
@@ -95,6 +111,8 @@ def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | Non
         table.add_row(f"  {reason}", f"{n:,}")
     table.add_row("duplicate", f"{counts['duplicate']:,}")
     console.print(table)
+    for warning in summary["warnings"]:
+        console.print(f"[yellow]warning[/yellow]: {warning}")
     console.print(
         f"Plan: {summary['customers']:,} customers in {summary['requests']:,} requests "
         f"(at most {summary['settings']['api']['customers_per_request']} customers each). "

@@ -100,6 +100,7 @@ class CustomerResult(NamedTuple):
     customer_id: int | None
     status: ItemStatus
     programs: Mapping[str, ItemStatus]
+    returned: str | None = None  # the identifier as the answer spelled it (the stored form)
 
 
 class ShapeError(ValueError):
@@ -181,7 +182,9 @@ def parse_response(identifier: str, body: object) -> tuple[list[CustomerResult],
                 oddities.append(f"program item without {status_key}")
                 continue
             programs[prog["partnerProgramName"]] = _item_status(prog[status_key])
-        results.append(CustomerResult(key, customer_id, cust_status, programs))
+        returned = cust.get(identifier)
+        returned_text = str(int(returned)) if isinstance(returned, int | float) else str(returned)
+        results.append(CustomerResult(key, customer_id, cust_status, programs, returned_text))
     return results, oddities
 
 

@@ -332,6 +332,7 @@ class Sender:
         request_id: str | None = None,
         note: str | None = None,
         maybe_sent: bool = False,
+        api_identifier: str | None = None,
     ) -> None:
         self._journal.record(
             Outcome(
@@ -346,6 +347,7 @@ class Sender:
                 pair.attempts,
                 note,
                 maybe_sent,
+                api_identifier,
             )
         )
 
@@ -361,6 +363,7 @@ class Sender:
                     r.customer_id or prev.customer_id,
                     prev.status,
                     {**prev.programs, **r.programs},
+                    prev.returned,
                 )
             by_key[r.key] = r
         retry: list[PendingCustomer] = []
@@ -402,6 +405,7 @@ class Sender:
                         res.status.message,
                         customer_id=res.customer_id,
                         request_id=request_id,
+                        api_identifier=res.returned,
                     )
                 continue
             again_pairs: list[PendingPair] = []
@@ -443,6 +447,7 @@ class Sender:
                     customer_id=res.customer_id,
                     request_id=request_id,
                     note=note,
+                    api_identifier=res.returned,
                 )
             if again_pairs:
                 retry.append(PendingCustomer(cust.customer, again_pairs))

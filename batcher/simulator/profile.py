@@ -1,6 +1,6 @@
 """Simulator profiles: one TOML file says how the stand-in API behaves.
 
-Every *unknown* in ../shared/api/CONTRACT.md is a knob here. A profile is a frozen value;
+Every *unknown* of the published API contract is a knob here. A profile is a frozen value;
 tests build variants in code with `profile_from_dict({...})` or `dataclasses.replace`.
 
 ```toml
@@ -12,6 +12,12 @@ max_programs_per_customer = 50      # over it: 400, code 2008
 mobile_min_digits = 10              # a mobile outside this length, or not digits: 1001
 mobile_max_digits = 15
 unknown_customer_programs = "empty" # or "echo": program items of an unknown customer, each 8015
+default_country_code = "91"         # absent: mobiles are looked up as sent. Set: a national
+national_mobile_digits = 10         # mobile (this long, or a trunk 0 and this long) gets the code
+                                    # in front first, as an org resolves it; answers carry the
+                                    # stored form (919800000001 for a sent 09800000001)
+stored_email_case = "lower"         # or "mixed": generated emails stored as Customer7@Example.com,
+                                    # and answered so (lookups ignore case either way)
 
 [auth]
 basic_username = "demo.till"
@@ -187,6 +193,9 @@ class Profile:
     mobile_min_digits: int = 10
     mobile_max_digits: int = 15
     unknown_customer_programs: str = "empty"  # empty | echo
+    default_country_code: str | None = None  # resolve national mobiles with it (see state.py)
+    national_mobile_digits: int = 10
+    stored_email_case: str = "lower"  # lower | mixed
     credentials: Credentials = field(default_factory=Credentials)
     state: StateSettings = field(default_factory=StateSettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
@@ -251,6 +260,12 @@ def _text(v: Any) -> str:
     return v
 
 
+def _country_code(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[1-9][0-9]{0,3}", v):
+        raise ValueError(v)
+    return v
+
+
 def _flag(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError(v)
@@ -308,6 +323,13 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "unknown_customer_programs": _Key(
             "unknown_customer_programs", "empty or echo", _one_of("empty", "echo")
         ),
+        "default_country_code": _Key(
+            "default_country_code", 'a country code of 1 to 4 digits, such as "91"', _country_code
+        ),
+        "national_mobile_digits": _Key(
+            "national_mobile_digits", "an integer from 4 to 14", _int_in(4, 14)
+        ),
+        "stored_email_case": _Key("stored_email_case", "lower or mixed", _one_of("lower", "mixed")),
     },
     "auth": {
         "basic_username": _Key("basic_username", "a non-empty string", _text),

@@ -1,10 +1,12 @@
 """The server's truth: customers, partner programs, which customer is linked to which, and counters.
 
-Generated state (shared with the sample data, see /tmp/design.md): customer i, 0 <= i < customers,
-has id = 10_000_000 + i, mobile = f"9198{i:08d}", email = f"customer{i}@example.com",
-externalId = f"EXT{i:08d}". It starts linked to program p iff `initially_linked(seed, i, p,
-link_probability)`. A delink only ever removes a link, so the live links are the initial ones
-minus `removed`; that keeps 200,000-customer states cheap.
+Generated state (the sample data uses the same customers): customer i, 0 <= i < customers,
+has id = 10_000_000 + i, mobile = f"9198{i:08d}", email = f"customer{i}@example.com" (or
+f"Customer{i}@Example.com" with stored_email_case = "mixed"), externalId = f"EXT{i:08d}".
+It starts linked to program p iff `initially_linked(seed, i, p, link_probability)`. A delink
+only ever removes a link, so the live links are the initial ones minus `removed`; that keeps
+200,000-customer states cheap. With `default_country_code`, a national mobile is resolved with
+it before the lookup (`resolve_mobile`), as an org does.
 """
 
 from __future__ import annotations
@@ -51,10 +53,20 @@ class Customer:
         }
 
 
-def generated_customer(index: int) -> Customer:
-    return Customer(
-        FIRST_ID + index, f"9198{index:08d}", f"customer{index}@example.com", f"EXT{index:08d}"
-    )
+def generated_customer(index: int, *, mixed_case_email: bool = False) -> Customer:
+    email = f"Customer{index}@Example.com" if mixed_case_email else f"customer{index}@example.com"
+    return Customer(FIRST_ID + index, f"9198{index:08d}", email, f"EXT{index:08d}")
+
+
+def resolve_mobile(value: str, country_code: str | None, national_digits: int) -> str:
+    """A mobile as an org with this default country code stores it: a national number (the
+    national length, not starting with 0, optionally behind a trunk 0) gets the code in front."""
+    if country_code is None or not value.isdigit():
+        return value
+    national = value[1:] if len(value) == national_digits + 1 and value[0] == "0" else value
+    if len(national) == national_digits and national[0] != "0":
+        return country_code + national
+    return value
 
 
 def lookup_key(identifier: str, value: str) -> str:
@@ -103,6 +115,9 @@ class State:
         self.link_probability = settings.link_probability
         self.programs: tuple[str, ...] = settings.programs or DEFAULT_PROGRAMS
         self._customers = settings.customers
+        self._country_code = profile.default_country_code
+        self._national_digits = profile.national_mobile_digits
+        self._mixed_case_email = profile.stored_email_case == "mixed"
         # For file state: the customers and their initial links, indexed like generated ones.
         self._table: list[Customer] | None = None
         self._index: dict[str, dict[str, int]] = {}
@@ -118,6 +133,8 @@ class State:
 
     def find(self, identifier: str, value: str) -> int | None:
         """The index of the customer this identifier names, or None (unknown customer)."""
+        if identifier == "mobile":
+            value = resolve_mobile(value, self._country_code, self._national_digits)
         if self._table is not None:
             return self._index[identifier].get(lookup_key(identifier, value))
         m: re.Match[str] | None
@@ -142,7 +159,7 @@ class State:
     def customer(self, index: int) -> Customer:
         if self._table is not None:
             return self._table[index]
-        return generated_customer(index)
+        return generated_customer(index, mixed_case_email=self._mixed_case_email)
 
     @property
     def customer_count(self) -> int:
