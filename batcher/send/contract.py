@@ -94,7 +94,8 @@ class ItemStatus(NamedTuple):
 
 
 class CustomerResult(NamedTuple):
-    """One customer of a response, keyed by the identifier the request used."""
+    """One customer of a response, keyed by the identifier the request used ("" when the answer
+    left that identifier out)."""
 
     key: str
     customer_id: int | None
@@ -156,10 +157,15 @@ def parse_response(identifier: str, body: object) -> tuple[list[CustomerResult],
             oddities.append("customer item without a customer object")
             continue
         cust = item["customer"]
-        key = match_key(identifier, cust.get(identifier))
+        raw_value = cust.get(identifier)
+        key = match_key(identifier, raw_value)
+        returned: str | None = None
         if key is None:
+            # Kept: a request of one customer knows whose answer it is (send/placing.py).
             oddities.append(f"customer item without the {identifier} identifier")
-            continue
+            key = ""
+        else:
+            returned = str(int(raw_value)) if isinstance(raw_value, int | float) else str(raw_value)
         raw_id = cust.get("id")
         customer_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
         if isinstance(raw_id, str) and raw_id.isdigit():
@@ -182,9 +188,7 @@ def parse_response(identifier: str, body: object) -> tuple[list[CustomerResult],
                 oddities.append(f"program item without {status_key}")
                 continue
             programs[prog["partnerProgramName"]] = _item_status(prog[status_key])
-        returned = cust.get(identifier)
-        returned_text = str(int(returned)) if isinstance(returned, int | float) else str(returned)
-        results.append(CustomerResult(key, customer_id, cust_status, programs, returned_text))
+        results.append(CustomerResult(key, customer_id, cust_status, programs, returned))
     return results, oddities
 
 
