@@ -113,6 +113,8 @@ class Delinker:
                 continue
             items.append(r.program_item(shape, program, status))
         customer = state.customer(index).as_json()
+        if self.profile.answer_identifiers == "id":
+            customer = {"id": customer["id"]}
         customer["status"] = r.FOUND
         return {"customer": customer, r.SHAPES[shape][1]: items}
 

@@ -18,6 +18,7 @@ national_mobile_digits = 10         # mobile (this long, or a trunk 0 and this l
                                     # stored form (919800000001 for a sent 09800000001)
 stored_email_case = "lower"         # or "mixed": generated emails stored as Customer7@Example.com,
                                     # and answered so (lookups ignore case either way)
+answer_identifiers = "stored"       # or "id": a found customer is answered by its id alone
 
 [auth]
 basic_username = "demo.till"
@@ -196,6 +197,7 @@ class Profile:
     default_country_code: str | None = None  # resolve national mobiles with it (see state.py)
     national_mobile_digits: int = 10
     stored_email_case: str = "lower"  # lower | mixed
+    answer_identifiers: str = "stored"  # stored | id
     credentials: Credentials = field(default_factory=Credentials)
     state: StateSettings = field(default_factory=StateSettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
@@ -330,6 +332,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
             "national_mobile_digits", "an integer from 4 to 14", _int_in(4, 14)
         ),
         "stored_email_case": _Key("stored_email_case", "lower or mixed", _one_of("lower", "mixed")),
+        "answer_identifiers": _Key("answer_identifiers", "stored or id", _one_of("stored", "id")),
     },
     "auth": {
         "basic_username": _Key("basic_username", "a non-empty string", _text),
