@@ -260,6 +260,20 @@ def _fail(path: Path, key: str, problem: str, allowed: str | None = None) -> Job
     return JobError(text + (f"; allowed: {allowed}." if allowed else "."))
 
 
+def _unknown_section(path: Path, name: str) -> JobError:
+    """A table the schema does not know: usually a typo, so name the likely one."""
+    import difflib
+
+    known = [s for s in _SCHEMA if s]
+    guess = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean [{guess[0]}]?" if guess else "."
+    listed = ", ".join(f"[{s}]" for s in known)
+    return JobError(
+        f"Job file {path}: section [{name}] is not a known section; allowed sections: "
+        f"{listed}{hint}"
+    )
+
+
 def _check_section(path: Path, section: str, values: Mapping[str, Any]) -> dict[str, Any]:
     schema = _SCHEMA[section]
     prefix = f"{section}." if section else ""
@@ -317,8 +331,31 @@ def _check_base_url(path: Path, url: str) -> None:
 
     if url == SIMULATOR:
         return
-    parts = urlsplit(url)
     allowed = 'an https:// URL such as "https://eu.api.capillarytech.com", or "simulator"'
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a bad port raises here, not at the first request
+    except ValueError:
+        raise _fail(path, "api.base_url", "is not a valid URL", allowed) from None
+    # Userinfo may hold a password, and a query or fragment a key: the URL is echoed in no
+    # message and written nowhere until it is known to be the host only.
+    if "@" in parts.netloc:
+        raise _fail(
+            path,
+            "api.base_url",
+            "holds a user name or password (user:password@host); it would be written to "
+            "summary.json, job.toml and manifest.json",
+            allowed + "; credentials come only from the environment (CAPILLARY_USERNAME and "
+            "CAPILLARY_PASSWORD, or CAPILLARY_CLIENT_KEY and CAPILLARY_CLIENT_SECRET)",
+        )
+    if "?" in url or "#" in url:
+        which = "a query (?...)" if "?" in url.split("#", 1)[0] else "a fragment (#...)"
+        raise _fail(
+            path,
+            "api.base_url",
+            f"has {which}: it must be the host only ({parts.scheme}://{parts.netloc})",
+            allowed,
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _fail(path, "api.base_url", f"has a bad value {url!r}", allowed)
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
@@ -329,7 +366,7 @@ def _check_base_url(path: Path, url: str) -> None:
             "data would cross the network unencrypted",
             "https:// for any remote host; http:// only for 127.0.0.1, ::1 or localhost",
         )
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
+    if parts.path not in ("", "/"):
         raise _fail(
             path,
             "api.base_url",
@@ -372,6 +409,8 @@ def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
             if not isinstance(value, dict):
                 raise _fail(job_path, key, "must be a table ([" + key + "])", None)
             sections[key] = value
+        elif isinstance(value, dict):
+            raise _unknown_section(job_path, key)
         else:
             top[key] = value
     top_checked = _check_section(job_path, "", top)

@@ -94,3 +94,48 @@ def test_secret_key_points_at_the_environment(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "CAPILLARY_" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://user:s3cr3t-pw@127.0.0.1:9", "user name or password"),
+        ("https://ops@eu.api.capillarytech.com", "user name or password"),
+        ("https://eu.api.capillarytech.com?key=s3cr3t-pw", "query"),
+        ("https://eu.api.capillarytech.com/?", "query"),
+        ("https://eu.api.capillarytech.com#s3cr3t-pw", "fragment"),
+    ],
+)
+@pytest.mark.parametrize("where", ["job file", "--base-url"])
+def test_base_url_with_userinfo_query_or_fragment_is_refused_and_nothing_written(
+    tmp_path: Path, url: str, expected: str, where: str
+) -> None:
+    """A password in base_url would end in summary.json, job.toml and manifest.json: refuse it."""
+    good = GOOD.replace('base_url = "simulator"', 'base_url = "http://127.0.0.1:9"')
+    text = good.replace("http://127.0.0.1:9", url) if where == "job file" else good
+    job = write_job(tmp_path, text + f'[output]\ndir = "{tmp_path / "out"}"\n')
+    args = ["run", str(job)] + (["--base-url", url] if where == "--base-url" else [])
+
+    result = CliRunner().invoke(
+        main, args, env={"CAPILLARY_USERNAME": "u", "CAPILLARY_PASSWORD": "p"}
+    )
+
+    assert result.exit_code == 2, result.output
+    assert "api.base_url" in result.output and expected in result.output
+    assert "s3cr3t-pw" not in result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_misspelt_section_lists_the_allowed_sections(tmp_path: Path) -> None:
+    job = write_job(tmp_path, GOOD + "[retyr]\nmax_attempts = 3\n")
+
+    result = CliRunner().invoke(main, ["validate", str(job)])
+
+    assert result.exit_code == 2
+    assert "[retyr]" in result.output
+    for section in ("[input]", "[api]", "[retry]", "[output]", "[simulator]"):
+        assert section in result.output
+    assert "did you mean [retry]" in result.output
+    assert "Traceback" not in result.output
