@@ -95,6 +95,13 @@ def _run_options(fn: Callable[P, R]) -> Callable[P, R]:
         metavar="SECONDS",
         help="Off a terminal: log a run.progress line this often (on a terminal: a live bar).",
     )(fn)
+    fn = click.option(
+        "--wait",
+        "wait_for_lock",
+        is_flag=True,
+        help="If another run of this job or with this API key is live, wait for it to end "
+        "instead of failing (exit 2).",
+    )(fn)
     return click.option("--quiet", is_flag=True, help="Print only the final summary.")(fn)
 
 
@@ -147,6 +154,7 @@ def run(
     resume_newest: bool,
     force: bool,
     quiet: bool,
+    wait_for_lock: bool,
     progress_every_s: float,
     log_format: str,
 ) -> None:
@@ -179,8 +187,8 @@ def run(
                 f"Job {job.name} has no unfinished run to resume.",
                 hint=f"Start a new run: batcher run {job_file}",
             )
-        send(lambda p: resume(target, force=force, progress=p))
-    send(lambda p: execute(job, progress=p))
+        send(lambda p: resume(target, force=force, progress=p, wait_for_lock=wait_for_lock))
+    send(lambda p: execute(job, progress=p, wait_for_lock=wait_for_lock))
 
 
 def _quota_of_run(run_dir: Path) -> float:
@@ -196,13 +204,18 @@ def _quota_of_run(run_dir: Path) -> float:
 @_run_options
 @_friendly_errors
 def resume_command(
-    run_dir: Path, force: bool, quiet: bool, progress_every_s: float, log_format: str
+    run_dir: Path,
+    force: bool,
+    quiet: bool,
+    wait_for_lock: bool,
+    progress_every_s: float,
+    log_format: str,
 ) -> None:
     """Carry on an interrupted run; pairs with a confirmed outcome are not sent again."""
     from batcher.runs.lineage import resume
 
     _send(
-        lambda p: resume(run_dir, force=force, progress=p),
+        lambda p: resume(run_dir, force=force, progress=p, wait_for_lock=wait_for_lock),
         quota_per_s=_quota_of_run(run_dir),
         quiet=quiet,
         progress_every_s=progress_every_s,
@@ -221,13 +234,20 @@ def resume_command(
 @_run_options
 @_friendly_errors
 def retry_command(
-    run_dir: Path, include_failed: bool, quiet: bool, progress_every_s: float, log_format: str
+    run_dir: Path,
+    include_failed: bool,
+    quiet: bool,
+    wait_for_lock: bool,
+    progress_every_s: float,
+    log_format: str,
 ) -> None:
     """A new run of RUN_DIR's job over its retryable (with --all, also failed) rows."""
     from batcher.runs.lineage import retry
 
     _send(
-        lambda p: retry(run_dir, include_failed=include_failed, progress=p),
+        lambda p: retry(
+            run_dir, include_failed=include_failed, progress=p, wait_for_lock=wait_for_lock
+        ),
         quota_per_s=_quota_of_run(run_dir),
         quiet=quiet,
         progress_every_s=progress_every_s,

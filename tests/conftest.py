@@ -48,6 +48,16 @@ def profile_with(base: dict[str, Any], sections: dict[str, Any]) -> Profile:
     return profile_from_dict(data)
 
 
+@pytest.fixture(autouse=True)
+def batcher_state_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Each test's own state folder (run locks): never the user's, never another test's."""
+    path = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("BATCHER_STATE_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def simulator() -> Iterator[Callable[[Profile], SimulatorThread]]:
     """Start simulators on loopback ports; all are stopped after the test."""

@@ -163,7 +163,8 @@ def test_a_second_run_of_the_same_job_is_refused_while_the_first_lives(
 ) -> None:
     sim = simulator(clean_profile())
     write_pairs(tmp_path / "pairs.csv", range(500), PROGRAMS)
-    job = write_job(tmp_path, sim.base_url, api={"rate": "20/second", "customers_per_request": 5})
+    # 100 s if left alone: it outlives the second process's start on a loaded machine.
+    job = write_job(tmp_path, sim.base_url, api={"rate": "5/second", "customers_per_request": 1})
     first = start_cli("run", str(job), "--quiet")
     try:
         wait_for_journal(tmp_path / "out", 10, first)
@@ -177,11 +178,13 @@ def test_a_second_run_of_the_same_job_is_refused_while_the_first_lives(
         first.communicate(timeout=60)
 
 
-def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path, simulator: Sim) -> None:
+def test_a_lock_left_by_a_dead_process_is_taken_over(
+    tmp_path: Path, simulator: Sim, batcher_state_dir: Path
+) -> None:
     sim = simulator(clean_profile())
     rows = write_pairs(tmp_path / "pairs.csv", range(20), PROGRAMS)
     job = write_job(tmp_path, sim.base_url)
-    lock = tmp_path / "out" / "e2e" / ".lock"
+    lock = batcher_state_dir / "locks" / "job-e2e.lock"
     lock.parent.mkdir(parents=True)
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
@@ -298,7 +301,9 @@ def test_a_second_interrupt_stops_at_once_and_the_journal_keeps_what_was_confirm
     assert read_summary(run_dir)["counts"]["delinked"] == rows
 
 
-def test_runs_of_different_jobs_may_run_at_once(tmp_path: Path, simulator: Sim) -> None:
+def test_runs_of_different_jobs_with_different_api_keys_may_run_at_once(
+    tmp_path: Path, simulator: Sim
+) -> None:
     sim = simulator(clean_profile())
     procs = []
     for name in ("job-a", "job-b"):
@@ -310,7 +315,12 @@ def test_runs_of_different_jobs_may_run_at_once(tmp_path: Path, simulator: Sim) 
             folder,
             sim.base_url,
             name=name,
-            api={"rate": "20/second", "customers_per_request": 10},
+            # One run per API key: job-b uses the simulator's OAuth client, another key.
+            api={
+                "rate": "20/second",
+                "customers_per_request": 10,
+                "auth": "basic" if name == "job-a" else "oauth",
+            },
         )
         procs.append(start_cli("run", str(job), "--quiet"))
     for proc in procs:

@@ -35,8 +35,8 @@ from batcher.results.outcomes import (
     summarise_counts,
     utc_now,
 )
-from batcher.runs.lock import job_lock
-from batcher.runs.rundir import create_run_dir, job_output_dir, write_json
+from batcher.runs.lock import RunLock, api_key_lock, holding, job_lock
+from batcher.runs.rundir import create_run_dir, new_run_id, write_json
 from batcher.runs.validate import plan_summary, write_rejects
 from batcher.send.auth import Authenticator, Credentials, credentials_from_env
 from batcher.send.sender import Sender
@@ -144,12 +144,15 @@ def execute(
     parent: str | None = None,
     progress: Any = None,
     maybe_sent: set[tuple[str, str]] | None = None,
+    wait_for_lock: bool = False,
 ) -> RunResult:
     """Run the job end to end and write every result file. Raises BatcherError before sending.
 
     `run_dir`: a run folder made beforehand (by `retry`), or an earlier run's folder to resume:
     a folder with a manifest is resumed, and its confirmed pairs are not sent again.
     `maybe_sent`: pairs an earlier run may have delinked without hearing so (for `retry`).
+    `wait_for_lock`: when another run holds the job's or the API key's lock, wait for it
+    instead of failing (RunLockedError, exit 2).
     """
     profile = None
     if job.api.is_simulator:
@@ -158,14 +161,30 @@ def execute(
         profile = load_profile(job.simulator_profile)
     credentials = resolve_credentials(job, profile)
     source = load_source(job)
-    lock = job_lock(job_output_dir(job))
-    stale = lock.acquire(run_dir.name if run_dir is not None else "(new)")
-    try:
+    run_id = run_dir.name if run_dir is not None else new_run_id()
+    holder = {"job": job.name, "run_id": run_id}
+    with holding(run_locks(job, credentials), holder, wait=wait_for_lock) as stale:
         return _execute_locked(
-            job, profile, credentials, source, run_dir, parent, progress, stale, maybe_sent or set()
+            job,
+            profile,
+            credentials,
+            source,
+            run_id,
+            run_dir,
+            parent,
+            progress,
+            stale,
+            maybe_sent or set(),
         )
-    finally:
-        lock.release()
+
+
+def run_locks(job: Job, credentials: Credentials) -> list[RunLock]:
+    """The job's lock, then its API key's (an embedded simulator has a quota of its own)."""
+    locks = [job_lock(job.name)]
+    if not job.api.is_simulator:
+        principal = credentials.username if credentials.kind == "basic" else credentials.client_key
+        locks.append(api_key_lock(job.api.base_url, credentials.kind, principal))
+    return locks
 
 
 def _execute_locked(
@@ -173,28 +192,29 @@ def _execute_locked(
     profile: Profile | None,
     credentials: Credentials,
     source: Source,
+    run_id: str,
     run_dir: Path | None,
     parent: str | None,
     progress: Any,
-    stale_lock: dict[str, Any] | None,
+    stale_locks: list[dict[str, Any]],
     inherited_maybe_sent: set[tuple[str, str]],
 ) -> RunResult:
     resuming = run_dir is not None and (run_dir / MANIFEST_NAME).is_file()
     if run_dir is None:
-        run_id, run_dir = create_run_dir(job)
-    else:
-        run_id = run_dir.name
+        run_id, run_dir = create_run_dir(job, run_id)
     logs.bind(job=job.name, run_id=run_id)
     logs.open_run_log(run_dir / "run.log.jsonl", credentials.secrets())
     started_at = utc_now()
     t0 = time.monotonic()
     try:
-        if stale_lock:
+        for stale in stale_locks:
             log.warning(
                 "run.lock_taken_over",
-                previous_pid=stale_lock.get("pid"),
-                previous_run_id=stale_lock.get("run_id"),
-                previous_started_at=stale_lock.get("started_at"),
+                lock=stale.get("lock"),
+                previous_job=stale.get("job"),
+                previous_pid=stale.get("pid"),
+                previous_run_id=stale.get("run_id"),
+                previous_started_at=stale.get("started_at"),
             )
         if not resuming:
             shutil.copyfile(job.path, run_dir / "job.toml")

@@ -73,7 +73,9 @@ def _check_fingerprints(job: Job, manifest: dict[str, Any]) -> list[str]:
     return changes
 
 
-def resume(run_dir: Path, *, force: bool = False, progress: Any = None) -> RunResult:
+def resume(
+    run_dir: Path, *, force: bool = False, progress: Any = None, wait_for_lock: bool = False
+) -> RunResult:
     """Carry on an interrupted run: confirmed pairs are not sent again."""
     run_dir = run_dir.resolve()
     manifest = read_manifest(run_dir)
@@ -87,7 +89,7 @@ def resume(run_dir: Path, *, force: bool = False, progress: Any = None) -> RunRe
         )
     if changes:
         log.warning("run.resume_forced", changes=changes)
-    return execute(job, run_dir=run_dir, progress=progress)
+    return execute(job, run_dir=run_dir, progress=progress, wait_for_lock=wait_for_lock)
 
 
 def newest_unfinished(job: Job) -> Path | None:
@@ -128,7 +130,11 @@ def _root_rows(run_dir: Path, outcomes: pl.DataFrame) -> pl.DataFrame:
 
 
 def retry(
-    parent_dir: Path, *, include_failed: bool = False, progress: Any = None
+    parent_dir: Path,
+    *,
+    include_failed: bool = False,
+    progress: Any = None,
+    wait_for_lock: bool = False,
 ) -> RunResult | None:
     """A child run of `parent_dir` over its retryable (and with --all, failed) rows."""
     parent_dir = parent_dir.resolve()
@@ -167,6 +173,7 @@ def retry(
         parent=parent_dir.name,
         progress=progress,
         maybe_sent=unconfirmed_sends(parent_dir / JOURNAL_NAME),
+        wait_for_lock=wait_for_lock,
     )
 
 
