@@ -84,7 +84,7 @@ def test_two_runs_of_one_job_from_different_directories_do_not_both_send(
     job = tmp_path / "job.toml"
     job.write_text(
         'name = "e2e"\n[input]\npath = "pairs.csv"\n'
-        f'[api]\nbase_url = "{sim.base_url}"\nrate = "10/second"\ncustomers_per_request = 2\n'
+        f'[api]\nbase_url = "{sim.base_url}"\nrate = "5/second"\ncustomers_per_request = 2\n'
     )
     here, there = tmp_path / "here", tmp_path / "there"
     here.mkdir()
