@@ -20,6 +20,7 @@ from batcher.errors import BatcherError
 
 if TYPE_CHECKING:
     from batcher.runs.execute import RunResult
+    from batcher.runs.preflight import PlanPreview
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -143,6 +144,15 @@ def _send(
     help="Resume the newest unfinished run of this job instead of starting anew.",
 )
 @click.option("--force", is_flag=True, help="With --resume: resume even if the input changed.")
+@click.option(
+    "--yes", "-y", "assume_yes", is_flag=True, help="Do not ask for confirmation on a terminal."
+)
+@click.option(
+    "--max-pairs",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Refuse (exit 2) a plan of more than N valid pairs (overrides safety.max_pairs).",
+)
 @_run_options
 @_friendly_errors
 def run(
@@ -153,16 +163,22 @@ def run(
     dry_run: bool,
     resume_newest: bool,
     force: bool,
+    assume_yes: bool,
+    max_pairs: int | None,
     quiet: bool,
     wait_for_lock: bool,
     progress_every_s: float,
     log_format: str,
 ) -> None:
-    """Delink every valid pair of JOB_FILE's input and write an outcome for every row."""
+    """Delink every valid pair of JOB_FILE's input and write an outcome for every row.
+
+    On a terminal it shows the plan and asks before sending (--yes skips the question);
+    off a terminal (cron, Airflow) it never asks.
+    """
     from batcher.job import load_job
 
     job = load_job(job_file).with_overrides(
-        input_path=input_path, base_url=base_url, output_dir=output_dir
+        input_path=input_path, base_url=base_url, output_dir=output_dir, max_pairs=max_pairs
     )
     if dry_run:
         from batcher.runs.validate import validate_job
@@ -188,7 +204,27 @@ def run(
                 hint=f"Start a new run: batcher run {job_file}",
             )
         send(lambda p: resume(target, force=force, progress=p, wait_for_lock=wait_for_lock))
-    send(lambda p: execute(job, progress=p, wait_for_lock=wait_for_lock))
+    confirm = None if assume_yes or not sys.stdin.isatty() else _ask_before_sending
+    send(lambda p: execute(job, progress=p, wait_for_lock=wait_for_lock, confirm=confirm))
+
+
+def _ask_before_sending(preview: PlanPreview) -> bool:
+    """Show the plan on the terminal and ask whether to send it (default: no)."""
+    from rich.console import Console
+
+    from batcher.present.console import print_plan_preview
+
+    print_plan_preview(preview, Console(stderr=True, highlight=False))
+    try:
+        return click.confirm(
+            f"Delink {preview.pairs:,} pairs with {preview.requests:,} requests? "
+            "This cannot be undone",
+            default=False,
+            err=True,
+        )
+    except click.Abort:  # Ctrl-C or end of input at the question: the answer is no
+        click.echo("", err=True)
+        return False
 
 
 def _quota_of_run(run_dir: Path) -> float:

@@ -34,6 +34,10 @@ class Quota:
     def rate_per_s(self) -> float:
         return self.requests / self.period_s
 
+    def seconds_for(self, requests: int) -> float:
+        """How long `requests` take when sent at the quota (the least a run can take)."""
+        return requests / self.rate_per_s
+
     def __str__(self) -> str:
         unit = "second" if self.period_s == 1 else "minute"
         return f"{self.requests:g}/{unit}"
@@ -65,6 +69,7 @@ class ApiSettings:
     connect_timeout_s: float
     throttle_statuses: tuple[int, ...]
     token_refresh_margin_s: float
+    expect_org_id: int | None = None  # refuse to act on any other org
 
     @property
     def is_simulator(self) -> bool:
@@ -79,6 +84,19 @@ class RetrySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SafetySettings:
+    """Guardrails: stop when nearly every answer fails; refuse plans larger than a limit."""
+
+    stop_if_failed_share: float = 0.9  # 1.0: never stop on failures
+    stop_after_pairs: int = 200  # answered pairs before the share is judged
+    max_pairs: int | None = None  # refuse a plan with more valid pairs than this
+
+    @property
+    def breaker_on(self) -> bool:
+        return self.stop_if_failed_share < 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     """Everything a run needs to know, resolved: paths are absolute."""
 
@@ -89,6 +107,7 @@ class Job:
     retry: RetrySettings
     output_dir: Path
     simulator_profile: Path | None
+    safety: SafetySettings = SafetySettings()
 
     @property
     def base_dir(self) -> Path:
@@ -105,9 +124,12 @@ class Job:
         input_path: str | None = None,
         base_url: str | None = None,
         output_dir: str | None = None,
+        max_pairs: int | None = None,
     ) -> Job:
         """Apply command-line overrides; CLI paths are relative to the working directory."""
         job = self
+        if max_pairs is not None:
+            job = replace(job, safety=replace(job.safety, max_pairs=max_pairs))
         if input_path is not None:
             job = replace(job, input=replace(job.input, path=str(Path(input_path).resolve())))
         if base_url is not None:
@@ -142,6 +164,12 @@ class Job:
                 "timeout_seconds": self.api.timeout_s,
                 "connect_timeout_seconds": self.api.connect_timeout_s,
                 "throttle_statuses": list(self.api.throttle_statuses),
+                "expect_org_id": self.api.expect_org_id,
+            },
+            "safety": {
+                "stop_if_failed_share": self.safety.stop_if_failed_share,
+                "stop_after_pairs": self.safety.stop_after_pairs,
+                "max_pairs": self.safety.max_pairs,
             },
             "retry": {
                 "max_attempts": self.retry.max_attempts,
@@ -234,6 +262,18 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "token_refresh_margin_seconds": _Key(
             (int, float), "a non-negative number of seconds", lambda v: v >= 0
         ),
+        "expect_org_id": _Key(
+            int, "the org id the credentials must act on (a positive integer)", _positive_int
+        ),
+    },
+    "safety": {
+        "stop_if_failed_share": _Key(
+            (int, float),
+            "a share above 0 and at most 1, such as 0.9 (1 turns the early stop off)",
+            lambda v: 0 < v <= 1,
+        ),
+        "stop_after_pairs": _Key(int, "a positive number of answered pairs", _positive_int),
+        "max_pairs": _Key(int, "a positive number of pairs", _positive_int),
     },
     "retry": {
         "max_attempts": _Key(
@@ -423,6 +463,7 @@ def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
     retry = _check_section(job_path, "retry", sections.get("retry", {}))
     output = _check_section(job_path, "output", sections.get("output", {}))
     sim = _check_section(job_path, "simulator", sections.get("simulator", {}))
+    safety = _check_section(job_path, "safety", sections.get("safety", {}))
 
     base_url = api["base_url"].rstrip("/") if api["base_url"] != SIMULATOR else SIMULATOR
     _check_base_url(job_path, base_url)
@@ -487,6 +528,7 @@ def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
             connect_timeout_s=float(api.get("connect_timeout_seconds", 10)),
             throttle_statuses=tuple(api.get("throttle_statuses", [429])),
             token_refresh_margin_s=float(api.get("token_refresh_margin_seconds", 30)),
+            expect_org_id=api.get("expect_org_id"),
         ),
         retry=RetrySettings(
             max_attempts=retry.get("max_attempts", 6),
@@ -495,4 +537,9 @@ def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
         ),
         output_dir=Path(output.get("dir", "output")).expanduser().resolve(),
         simulator_profile=profile,
+        safety=SafetySettings(
+            stop_if_failed_share=float(safety.get("stop_if_failed_share", 0.9)),
+            stop_after_pairs=safety.get("stop_after_pairs", 200),
+            max_pairs=safety.get("max_pairs"),
+        ),
     )

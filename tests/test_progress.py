@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
-from batcher.present.progress import Progress, render, take_figures
+from batcher.present.progress import Progress, eta_s, render, take_figures
 from batcher.send.sender import RunStats
 from tests.conftest import DEMO_ENV, REPO, Sim, clean_profile, run_cli, write_job, write_pairs
 
@@ -38,6 +38,17 @@ def test_render_shows_done_total_rate_counts_and_eta() -> None:
     assert "delinked 8" in text and "failed 2" in text
     assert "throttled 2" in text and "retries 3" in text
     assert "ETA 0:00:45" in text
+
+
+def test_eta_is_the_quota_before_any_answer_and_never_faster_than_it() -> None:
+    # 1,000 pairs in 100 requests at 2 requests/s: 50 s before anything is answered.
+    assert eta_s(0, 1000, 100, 0.0, 2.0) == 50.0
+    # Half done in 10 s: 10 s more at that pace, but the quota needs 25 s for 50 requests.
+    assert eta_s(500, 1000, 100, 10.0, 2.0) == 25.0
+    # Half done in 100 s (throttled, retried): the pace so far is the slower, so it wins.
+    assert eta_s(500, 1000, 100, 100.0, 2.0) == 100.0
+    assert eta_s(1000, 1000, 100, 100.0, 2.0) == 0.0
+    assert eta_s(0, 1000, 0, 0.0, 2.0) is None  # nothing to go by
 
 
 def test_choose_picks_bar_on_a_terminal_log_off_one_and_nothing_when_quiet() -> None:

@@ -64,7 +64,7 @@ def test_samples_validate_and_every_row_is_accounted_for(
     assert rejects.columns[0] == "row"
     assert rejects.columns[-4:] == ["status", "reason", "message", "duplicate_of"]
     assert "source_file" not in rejects.columns
-    preview = json.loads((run_dir / "plan-preview.json").read_text())
+    preview = json.loads((run_dir / "plan-preview.json").read_text())["first_requests"]
     assert 0 < len(preview) <= 5
     for body in preview:
         assert 0 < len(body["deLinkCustomers"]) <= 50
@@ -85,11 +85,16 @@ def test_demo_extra_columns_are_carried_into_rejects(tmp_path: Path) -> None:
 def test_preview_is_exactly_the_planned_bodies(tmp_path: Path) -> None:
     rows = "".join(f"9198{i:08d},partner-0{i % 3 + 1}\n" for i in range(300))
     (tmp_path / "in.csv").write_text("mobile,partner_program_name\n" + rows)
-    job = write_job(tmp_path, extra="customers_per_request = 7\n")
+    job = write_job(tmp_path, extra='customers_per_request = 7\nrate = "10/minute"\n')
     result = CliRunner().invoke(main, ["validate", str(job), "--output", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     run_dir = only_run_dir(tmp_path / "out", "t")
-    preview = json.loads((run_dir / "plan-preview.json").read_text())
+    whole = json.loads((run_dir / "plan-preview.json").read_text())
+    # 43 requests at 10 a minute: the time it takes at the quota, in the file and on screen.
+    assert (whole["requests"], whole["quota"]) == (43, "10/minute")
+    assert (whole["expected_send_seconds"], whole["expected_send_time"]) == (258.0, "0:04:18")
+    assert "at the quota of 10/minute sending takes at least 0:04:18" in result.output
+    preview = whole["first_requests"]
     assert len(preview) == 5
     assert preview[0]["deLinkCustomers"][0] == {
         "customer": {"mobile": "919800000000"},
@@ -98,6 +103,7 @@ def test_preview_is_exactly_the_planned_bodies(tmp_path: Path) -> None:
     assert all(len(b["deLinkCustomers"]) == 7 for b in preview)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["customers"], summary["requests"]) == (300, 43)
+    assert summary["expected_send_seconds"] == 258.0
     assert summary["outputs"]["rejects"] is None
     assert not list(run_dir.glob("rejects.*"))
 

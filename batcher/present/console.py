@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -12,7 +12,11 @@ from rich.table import Table
 from rich.text import Text
 
 from batcher.present.logs import mask_text
+from batcher.present.progress import clock
 from batcher.results.outcomes import STATUSES
+
+if TYPE_CHECKING:
+    from batcher.runs.preflight import PlanPreview
 
 
 def next_step(summary: dict[str, Any], run_dir: Path) -> str | None:
@@ -24,6 +28,36 @@ def next_step(summary: dict[str, Any], run_dir: Path) -> str | None:
         flag = " --all" if counts.get("failed") and not counts.get("retryable") else ""
         return f"batcher retry {shlex.quote(str(run_dir))}{flag}"
     return None
+
+
+def print_plan_preview(preview: PlanPreview, console: Console) -> None:
+    """What a run is about to do, shown before the confirmation question."""
+    org = (
+        f"org {preview.expect_org_id} expected (checked before anything else is sent)"
+        if preview.expect_org_id is not None
+        else "org not checked (set api.expect_org_id); the API names it in its first answer"
+    )
+    console.print(Text(f"{preview.job}: about to delink, at {preview.base_url} ({preview.auth})"))
+    console.print(
+        Text(
+            f"  {preview.pairs:,} pairs · {preview.customers:,} customers · "
+            f"{preview.requests:,} requests"
+        )
+    )
+    table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
+    table.add_column("  program")
+    table.add_column("pairs", justify="right")
+    for program, n in preview.programs:
+        table.add_row(Text("  " + program), f"{n:,}")
+    if preview.more_programs:
+        table.add_row(Text(f"  ... and {preview.more_programs:,} more programs"), "")
+    console.print(table)
+    console.print(Text(f"  {org}"))
+    console.print(
+        Text(
+            f"  quota {preview.quota}: at least {clock(preview.expected_send_s)} (h:mm:ss) to send"
+        )
+    )
 
 
 def print_run_summary(summary: dict[str, Any], run_dir: Path, console: Console) -> None:

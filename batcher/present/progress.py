@@ -72,11 +72,6 @@ def take_figures(
     counts = {s.value: journal.counts.get(s.value, 0) for s in SENT_STATUSES}
     done = sum(counts.values())
     elapsed_s = stats.elapsed_s()
-    eta_s = None
-    if 0 < done < stats.pairs_total and elapsed_s > 0:
-        eta_s = (stats.pairs_total - done) / (done / elapsed_s)
-    elif stats.pairs_total and done >= stats.pairs_total:
-        eta_s = 0.0
     return Figures(
         done=done,
         total=stats.pairs_total,
@@ -89,8 +84,29 @@ def take_figures(
         throttles=stats.throttles,
         retries=stats.retries,
         elapsed_s=elapsed_s,
-        eta_s=eta_s,
+        eta_s=eta_s(done, stats.pairs_total, stats.requests_planned, elapsed_s, quota_per_s),
     )
+
+
+def eta_s(
+    done: int, total: int, requests_planned: int, elapsed_s: float, quota_per_s: float
+) -> float | None:
+    """Seconds left: at the pace so far, but never less than the quota allows.
+
+    Before the first answer the quota is the only guide: the planned requests left, sent at
+    the quota. Throttles and retries make a run slower than that, never faster.
+    """
+    if total and done >= total:
+        return 0.0
+    left = total - done
+    at_quota = (
+        left / total * requests_planned / quota_per_s
+        if total and requests_planned and quota_per_s > 0
+        else None
+    )
+    so_far = left / (done / elapsed_s) if done > 0 and elapsed_s > 0 else None
+    known = [e for e in (at_quota, so_far) if e is not None]
+    return max(known) if known else None
 
 
 def clock(seconds: float | None) -> str:

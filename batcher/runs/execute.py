@@ -36,6 +36,7 @@ from batcher.results.outcomes import (
     utc_now,
 )
 from batcher.runs.lock import RunLock, api_key_lock, holding, job_lock
+from batcher.runs.preflight import Confirm, preflight
 from batcher.runs.rundir import create_run_dir, new_run_id, write_json
 from batcher.runs.validate import plan_summary, write_rejects
 from batcher.send.auth import Authenticator, Credentials, credentials_from_env
@@ -145,6 +146,7 @@ def execute(
     progress: Any = None,
     maybe_sent: set[tuple[str, str]] | None = None,
     wait_for_lock: bool = False,
+    confirm: Confirm | None = None,
 ) -> RunResult:
     """Run the job end to end and write every result file. Raises BatcherError before sending.
 
@@ -153,6 +155,8 @@ def execute(
     `maybe_sent`: pairs an earlier run may have delinked without hearing so (for `retry`).
     `wait_for_lock`: when another run holds the job's or the API key's lock, wait for it
     instead of failing (RunLockedError, exit 2).
+    `confirm`: asked with the plan before anything is sent (the terminal's question); False
+    stops here (NotConfirmed, exit 2).
     """
     profile = None
     if job.api.is_simulator:
@@ -161,6 +165,7 @@ def execute(
         profile = load_profile(job.simulator_profile)
     credentials = resolve_credentials(job, profile)
     source = load_source(job)
+    preflight(job, source, confirm)
     run_id = run_dir.name if run_dir is not None else new_run_id()
     holder = {"job": job.name, "run_id": run_id}
     with holding(run_locks(job, credentials), holder, wait=wait_for_lock) as stale:
@@ -246,7 +251,7 @@ def _execute_locked(
             resumed=resuming,
         )
         journal = Journal(journal_path)
-        stats = RunStats(pairs_total=plan.pairs.height)
+        stats = RunStats(pairs_total=plan.pairs.height, requests_planned=plan.requests)
         sender = Sender(
             job,
             plan.iter_requests(job.input.identifier),

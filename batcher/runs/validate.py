@@ -15,6 +15,7 @@ from batcher.input.source import Source, count_national_mobiles, load_source
 from batcher.input.tables import write_table
 from batcher.job import Job
 from batcher.plan import Plan, PlanFigures, plan_figures
+from batcher.present.progress import clock
 from batcher.runs.rundir import create_run_dir, write_json
 
 PREVIEW_REQUESTS = 5
@@ -43,12 +44,30 @@ def write_rejects(source: Source, run_dir: Path) -> Path | None:
 
 
 def write_plan_preview(
-    plan: Plan, identifier: str, run_dir: Path, count: int = PREVIEW_REQUESTS
+    plan: Plan,
+    figures: PlanFigures,
+    job: Job,
+    run_dir: Path,
+    count: int = PREVIEW_REQUESTS,
 ) -> Path:
-    """The first `count` request bodies, exactly as they would be sent."""
+    """The plan's size, the time it takes at the quota, and its first `count` request bodies
+    exactly as they would be sent."""
+    identifier = job.input.identifier
     bodies = [r.body(identifier) for r in itertools.islice(plan.iter_requests(identifier), count)]
+    send_s = job.api.quota.seconds_for(figures.requests)
     path = run_dir / PLAN_PREVIEW_FILE
-    write_json(path, bodies)
+    write_json(
+        path,
+        {
+            "pairs": figures.pairs,
+            "customers": figures.customers,
+            "requests": figures.requests,
+            "quota": str(job.api.quota),
+            "expected_send_seconds": round(send_s, 1),
+            "expected_send_time": clock(send_s),
+            "first_requests": bodies,
+        },
+    )
     return path
 
 
@@ -89,6 +108,8 @@ def plan_summary(job: Job, run_id: str, source: Source, plan: PlanFigures) -> di
         "customers": plan.customers,
         "requests": plan.requests,
         "warnings": input_warnings(job, source),
+        # At the quota: what sending takes at least (throttles and retries only add to it).
+        "expected_send_seconds": round(job.api.quota.seconds_for(plan.requests), 1),
     }
 
 
@@ -115,8 +136,9 @@ def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | Non
         console.print(f"[yellow]warning[/yellow]: {warning}")
     console.print(
         f"Plan: {summary['customers']:,} customers in {summary['requests']:,} requests "
-        f"(at most {summary['settings']['api']['customers_per_request']} customers each). "
-        "Nothing was sent."
+        f"(at most {summary['settings']['api']['customers_per_request']} customers each); "
+        f"at the quota of {summary['settings']['api']['rate']} sending takes at least "
+        f"{clock(summary['expected_send_seconds'])} (h:mm:ss). Nothing was sent."
     )
     console.print(f"Written to {run_dir}")
 
@@ -136,7 +158,7 @@ def validate_job(job: Job, console: Console | None = None) -> int:
     )
     run_id, run_dir = create_run_dir(job)
     rejects = write_rejects(source, run_dir)
-    preview = write_plan_preview(head, job.input.identifier, run_dir)
+    preview = write_plan_preview(head, figures, job, run_dir)
     summary: dict[str, Any] = {
         "command": "validate",
         **plan_summary(job, run_id, source, figures),

@@ -12,6 +12,7 @@ class RunStats:
     """Live figures of a run, read by the progress display and the report."""
 
     pairs_total: int = 0
+    requests_planned: int = 0  # for the ETA before anything is answered
     requests: int = 0
     responses: Counter[int] = field(default_factory=Counter)
     throttles: int = 0

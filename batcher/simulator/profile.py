@@ -19,6 +19,8 @@ national_mobile_digits = 10         # mobile (this long, or a trunk 0 and this l
 stored_email_case = "lower"         # or "mixed": generated emails stored as Customer7@Example.com,
                                     # and answered so (lookups ignore case either way)
 answer_identifiers = "stored"       # or "id": a found customer is answered by its id alone
+org_id = 50001                      # the org it acts on: org_id header, org_id claim of tokens
+org_headers = true                  # false: answers carry no org_id / till headers
 
 [auth]
 basic_username = "demo.till"
@@ -198,6 +200,8 @@ class Profile:
     national_mobile_digits: int = 10
     stored_email_case: str = "lower"  # lower | mixed
     answer_identifiers: str = "stored"  # stored | id
+    org_id: int = 50001
+    org_headers: bool = True
     credentials: Credentials = field(default_factory=Credentials)
     state: StateSettings = field(default_factory=StateSettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
@@ -333,6 +337,8 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         ),
         "stored_email_case": _Key("stored_email_case", "lower or mixed", _one_of("lower", "mixed")),
         "answer_identifiers": _Key("answer_identifiers", "stored or id", _one_of("stored", "id")),
+        "org_id": _Key("org_id", "a positive integer", _int_in(1, 2**63 - 1)),
+        "org_headers": _Key("org_headers", "true or false", _flag),
     },
     "auth": {
         "basic_username": _Key("basic_username", "a non-empty string", _text),

@@ -35,6 +35,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import hmac
 import json
 import math
 import threading
@@ -55,6 +56,7 @@ from batcher.simulator.quota import Quota
 from batcher.simulator.state import IDENTIFIERS, Counters, State
 
 STATE_PATH = "/__simulator/state"
+ORG_KEY = web.RequestKey("till", str)  # set once a delink request is authenticated: as which till
 STILL_LINKED_PATH = "/__simulator/still-linked"
 T = TypeVar("T")
 RequestLog = Callable[[dict[str, Any]], None]
@@ -225,10 +227,17 @@ class Simulator:
         self._request_seq += 1
         request_id = f"sim-{self.profile.seed & 0xFFFF:04x}-{self._request_seq:08d}"
         all_headers = {"X-CAP-REQUEST-ID": request_id, "Content-Type": content_type}
+        all_headers.update(self._org_headers(request))
         if headers:
             all_headers.update(headers)
         self._count(request, str(status), request_id, note)
         return web.Response(status=status, body=body, headers=all_headers)
+
+    def _org_headers(self, request: web.Request) -> dict[str, str]:
+        """`org_id` and `till` on every v2 answer to an authenticated call (as the real API)."""
+        if not self.profile.org_headers or ORG_KEY not in request:
+            return {}
+        return {"org_id": str(self.profile.org_id), "till": request[ORG_KEY]}
 
     def _count(self, request: web.Request, status: str, request_id: str, note: str) -> None:
         self.counters.requests += 1
@@ -286,11 +295,13 @@ class Simulator:
                     f"Token expired at {when}",
                     "auth.expired",
                 )
+            request[ORG_KEY] = creds.basic_username  # the token's default till
             return "oauth:" + creds.oauth_key
         header = request.headers.get("Authorization", "")
         if header == self._basic or (
             header[:6].lower() == "basic " and header[6:].strip() == self._basic[6:]
         ):
+            request[ORG_KEY] = creds.basic_username
             return "basic:" + creds.basic_username
         self.counters.auth_failures += 1
         return self._error(
@@ -315,12 +326,29 @@ class Simulator:
             self.counters.auth_failures += 1
             return self._answer(request, 401, r.token_refused(), note="auth")
         self.counters.tokens_issued += 1
-        n = self.counters.tokens_issued
-        claims = base64.urlsafe_b64encode(json.dumps({"sub": creds.oauth_key, "n": n}).encode())
-        signature = hashlib.sha256(f"{self.profile.seed}:{n}".encode()).hexdigest()
-        token = f"eyJhbGciOiJIUzI1NiJ9.{claims.decode().rstrip('=')}.{signature}"
+        token = self._jwt(self.counters.tokens_issued)
         self._tokens[token] = self.clock() + creds.token_ttl_s
         return self._answer(request, 200, r.token_body(token, creds.token_ttl_s))
+
+    def _jwt(self, n: int) -> str:
+        """A token shaped like Capillary's: a JWT whose claims name the org, client and till."""
+        creds = self.profile.credentials
+
+        def part(value: dict[str, Any]) -> str:
+            raw = json.dumps(value, separators=(",", ":")).encode()
+            return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+        claims = {
+            "org_id": self.profile.org_id,
+            "client_id": creds.oauth_key,
+            "default_till": creds.basic_username,
+            "exp": round(time.time() + creds.token_ttl_s, 3),
+            "n": n,
+        }
+        signed = part({"alg": "HS256", "typ": "JWT"}) + "." + part(claims)
+        key = f"simulator-{self.profile.seed}".encode()
+        signature = hmac.new(key, signed.encode(), hashlib.sha256).digest()
+        return signed + "." + base64.urlsafe_b64encode(signature).decode().rstrip("=")
 
     def _maybe_slow_down(self) -> None:
         slow = self.profile.slowdown
@@ -417,6 +445,7 @@ class Simulator:
             headers={
                 "Content-Type": r.JSON,
                 "X-CAP-REQUEST-ID": f"sim-lost-{self._request_seq:08d}",
+                **self._org_headers(request),
             },
         )
         response.content_length = len(body)
