@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from click.testing import CliRunner, Result
 from structlog.testing import capture_logs
 
+from batcher.cli import main
 from batcher.send.auth import (
     Authenticator,
     Credentials,
@@ -22,7 +25,17 @@ from batcher.send.auth import (
     WrongOrg,
     decode_claims,
 )
-from tests.conftest import mobile
+from batcher.simulator.server import SimulatorThread
+from tests.conftest import (
+    DEMO_ENV,
+    Sim,
+    clean_profile,
+    mobile,
+    only_run_dir,
+    read_summary,
+    write_job,
+    write_pairs,
+)
 from tests.simulator_support import FakeClock, basic, body, profile, running
 
 
@@ -130,3 +143,60 @@ def test_no_org_header_is_a_warning_once_and_no_stop() -> None:
     with capture_logs() as events:  # no expected org: nothing to warn about
         assert OrgGuard(expected=None).from_answer({}, answered=True) is None
     assert events == []
+
+
+# --- end to end: the CLI against the simulator on loopback ------------------------------------
+
+
+def run_job(tmp_path: Path, sim: SimulatorThread, **api: Any) -> tuple[Result, dict[str, Any]]:
+    job = write_job(tmp_path, sim.base_url, api=api)
+    result = CliRunner().invoke(main, ["run", str(job)], env=DEMO_ENV)
+    summary = read_summary(only_run_dir(tmp_path / "out"))
+    return result, summary
+
+
+def counters(sim: SimulatorThread) -> dict[str, Any]:
+    return dict(sim.snapshot(pairs=False)["counters"])
+
+
+def test_oauth_token_of_another_org_sends_nothing_exit_2(tmp_path: Path, simulator: Sim) -> None:
+    sim = simulator(clean_profile(org_id=100))
+    rows = write_pairs(tmp_path / "pairs.csv", range(300), ["partner-01"])
+
+    result, summary = run_job(tmp_path, sim, auth="oauth", expect_org_id=200)
+
+    assert result.exit_code == 2, result.output
+    assert "org 100" in result.output and "org 200" in result.output
+    assert "nothing was sent" in result.output
+    seen = counters(sim)
+    assert seen["delink_requests"] == 0  # the token request alone reached the server
+    assert seen["requests"] == seen["tokens_issued"] == 1
+    assert summary["counts"]["retryable"] == rows and summary["exit_code"] == 2
+    assert summary["org"] == {
+        "org_id": 100,
+        "till": "demo.till",
+        "expected_org_id": 200,
+        "seen_in": "token",
+    }
+
+
+def test_oauth_token_of_the_expected_org_runs_and_records_it(
+    tmp_path: Path, simulator: Sim
+) -> None:
+    sim = simulator(clean_profile(org_id=200))
+    rows = write_pairs(tmp_path / "pairs.csv", range(300), ["partner-01"])
+
+    result, summary = run_job(tmp_path, sim, auth="oauth", expect_org_id=200)
+
+    assert result.exit_code == 0, result.output
+    assert summary["counts"]["delinked"] == rows
+    assert counters(sim)["delink_requests"] == 6  # no canary: the token named the org
+    assert summary["org"]["org_id"] == 200 and summary["org"]["till"] == "demo.till"
+    # The end-of-run table, report.html and the run.started log line say where it acted.
+    assert "org 200 · till demo.till (from the token) · as expected" in result.output
+    run_dir = only_run_dir(tmp_path / "out")
+    assert "org 200 · till demo.till" in (run_dir / "report.html").read_text()
+    run_log = (run_dir / "run.log.jsonl").read_text().splitlines()
+    started = [json.loads(line) for line in run_log if '"run.started"' in line]
+    assert len(started) == 1 and started[0]["org_id"] == 200
+    assert started[0]["till"] == "demo.till"

@@ -30,6 +30,25 @@ def next_step(summary: dict[str, Any], run_dir: Path) -> str | None:
     return None
 
 
+def org_text(org: dict[str, Any] | None) -> str | None:
+    """Where a run acted, in one line: "org 51234 · till store.server (from the token)"."""
+    if not org:
+        return None
+    expected = org.get("expected_org_id")
+    if org.get("org_id") is None:
+        if expected is None:
+            return None
+        return f"org not reported by the API (expected org {expected})"
+    text = f"org {org['org_id']}"
+    if org.get("till"):
+        text += f" · till {org['till']}"
+    if org.get("seen_in"):
+        text += f" (from the {org['seen_in']})"
+    if expected is not None:
+        text += " · as expected" if org["org_id"] == expected else f" · expected org {expected}"
+    return text
+
+
 def print_plan_preview(preview: PlanPreview, console: Console) -> None:
     """What a run is about to do, shown before the confirmation question."""
     org = (
@@ -100,6 +119,9 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path, console: Console) 
         f" · {achieved:.1f} req/s vs quota {quota:.1f}/s{use}"
         f" · elapsed {summary.get('elapsed_seconds', 0):.1f} s"
     )
+    where = org_text(summary.get("org"))
+    if where:
+        console.print(Text(where))
     if summary.get("abort"):
         console.print(f"[bold red]Stopped:[/] {escape(str(summary['abort']))}")
     elif summary.get("stopped"):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from batcher.present import logs
+from batcher.present.console import org_text
 from batcher.results.outcomes import STATUSES
 
 REPORT_NAME = "report.html"
@@ -150,6 +151,9 @@ def render_report(summary: dict[str, Any]) -> str:
         + (f" · resumed from {esc(summary['parent'])}" if summary.get("parent") else "")
         + f" · exit code {esc(summary.get('exit_code'))}</p>",
     ]
+    where = org_text(summary.get("org"))
+    if where:
+        out.append(f"<p id='org'><b>Where:</b> {esc(where)}</p>")
     if summary.get("abort"):
         out.append(f"<p class='bad'><b>Stopped:</b> {esc(summary['abort'])}</p>")
     elif summary.get("stopped"):

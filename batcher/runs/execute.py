@@ -39,7 +39,7 @@ from batcher.runs.lock import RunLock, api_key_lock, holding, job_lock
 from batcher.runs.preflight import Confirm, preflight
 from batcher.runs.rundir import create_run_dir, new_run_id, write_json
 from batcher.runs.validate import plan_summary, write_rejects
-from batcher.send.auth import Authenticator, Credentials, credentials_from_env
+from batcher.send.auth import Authenticator, Credentials, OrgGuard, credentials_from_env
 from batcher.send.sender import Sender
 from batcher.send.session import make_session
 from batcher.send.stats import RunStats
@@ -113,7 +113,7 @@ def _install_signal_handlers(sender: Sender, main_task: asyncio.Task[Any]) -> li
 
 
 async def _send_all(
-    job: Job, profile: Profile | None, credentials: Credentials, sender: Sender
+    job: Job, profile: Profile | None, credentials: Credentials, sender: Sender, org: OrgGuard
 ) -> None:
     async with _api_base_url(job, profile) as base_url:
         auth = Authenticator(credentials, base_url, refresh_margin_s=job.api.token_refresh_margin_s)
@@ -122,8 +122,15 @@ async def _send_all(
         installed = _install_signal_handlers(sender, task)
         try:
             async with make_session(job) as session:
+                try:
+                    # OAuth: the token first, so its claims name the org before anything is sent.
+                    org.from_token(await auth.prepare(session))
+                except RunStopped as e:  # the wrong org, or the key and secret refused
+                    sender.refuse(e)
+                    return
                 await sender.run(session, base_url, auth)
         finally:
+            org.settle()
             loop = asyncio.get_running_loop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
@@ -242,13 +249,21 @@ def _execute_locked(
             job.api.customers_per_request,
             job.api.programs_per_customer,
         )
-        log.info(
-            "run.started",
-            rows=source.row_count,
-            pairs=plan.pairs.height,
-            requests=plan.requests,
-            quota=str(job.api.quota),
-            resumed=resuming,
+        started = {
+            "rows": source.row_count,
+            "pairs": plan.pairs.height,
+            "requests": plan.requests,
+            "quota": str(job.api.quota),
+            "expected_send_s": round(job.api.quota.seconds_for(plan.requests), 1),
+            "resumed": resuming,
+        }
+        # `run.started` names the org the run acts on, so it waits until the org is known:
+        # from the OAuth token, or from the first answer (Basic auth's canary).
+        org = OrgGuard(
+            job.api.expect_org_id,
+            on_settled=lambda o: log.info(
+                "run.started", **started, org_id=o.org_id, till=o.till, org_seen_in=o.seen_in
+            ),
         )
         journal = Journal(journal_path)
         stats = RunStats(pairs_total=plan.pairs.height, requests_planned=plan.requests)
@@ -258,6 +273,7 @@ def _execute_locked(
             journal,
             stats=stats,
             maybe_sent=maybe_sent,
+            org=org,
         )
         interrupted_hard = False
         try:
@@ -268,6 +284,7 @@ def _execute_locked(
                         profile,
                         credentials,
                         sender,
+                        org,
                         progress,
                         (journal, stats, lambda: sender.pacer.state),
                     )
@@ -295,7 +312,10 @@ def _execute_locked(
             source.format,
         )
         counts = summarise_counts(outcomes)
-        exit_code = EXIT_STOPPED if stop_reason else exit_code_for(counts)
+        if abort is not None:
+            exit_code = abort.exit_code  # 2 when refused before anything was sent
+        else:
+            exit_code = EXIT_STOPPED if stop_reason else exit_code_for(counts)
         elapsed_s = time.monotonic() - t0
         send_s = stats.elapsed_s() if stats.requests else 0.0
         summary = plan_summary(job, run_id, source, plan.figures)
@@ -327,6 +347,8 @@ def _execute_locked(
                     {"second": s, "requests": v[0], "throttled": v[1]}
                     for s, v in sorted(stats.timeline.items())
                 ],
+                # Where the run acted: the org and till the API reported (token or headers).
+                "org": org.as_json(),
                 "stopped": stop_reason,
                 "abort": abort.message if abort else None,
                 "exit_code": exit_code,
@@ -353,15 +375,16 @@ async def _run_with_progress(
     profile: Profile | None,
     credentials: Credentials,
     sender: Sender,
+    org: OrgGuard,
     progress: Any,
     watch: tuple[Any, ...],
 ) -> None:
     if progress is None:
-        await _send_all(job, profile, credentials, sender)
+        await _send_all(job, profile, credentials, sender, org)
         return
     # watch = (journal, stats, pace): what the display reads (see present.progress.Progress.live).
     async with progress.live(*watch):
-        await _send_all(job, profile, credentials, sender)
+        await _send_all(job, profile, credentials, sender, org)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,12 +172,25 @@ class OrgGuard:
     another org than the expected one stops the run.
     """
 
-    def __init__(self, expected: int | None) -> None:
+    def __init__(
+        self, expected: int | None, *, on_settled: Callable[[OrgGuard], None] | None = None
+    ) -> None:
         self.expected = expected
         self.org_id: int | str | None = None
         self.till: str | None = None
         self.seen_in: str | None = None  # "token" | "response headers"
         self._warned = False
+        # Called once, when the org is as known as it will get before the bulk of the sending:
+        # from the token, or from the first answer (so `run.started` can name it).
+        self._on_settled = on_settled
+        self.settled = False
+
+    def settle(self) -> None:
+        """The org is as known as it gets (idempotent): tell whoever waits for it."""
+        if not self.settled:
+            self.settled = True
+            if self._on_settled is not None:
+                self._on_settled(self)
 
     @property
     def known(self) -> bool:
@@ -191,6 +204,7 @@ class OrgGuard:
         if self.expected is not None and claims.org_id != self.expected:
             log.error("run.wrong_org", expected_org_id=self.expected, org_id=claims.org_id)
             raise wrong_org(self.expected, claims.org_id, "from the OAuth token", sent=False)
+        self.settle()
 
     def from_answer(self, headers: Mapping[str, str], *, answered: bool) -> WrongOrg | None:
         """An answer's org_id/till headers; the refusal if it names another org than expected.
@@ -207,6 +221,8 @@ class OrgGuard:
                     expected_org_id=self.expected,
                     note="the API sent no org_id header: the org cannot be checked; carrying on",
                 )
+            if answered:
+                self.settle()
             return None
         number = _org_number(raw)
         org: int | str = number if number is not None else raw.strip()
@@ -214,6 +230,7 @@ class OrgGuard:
             till = headers.get(TILL_HEADER)
             self.org_id, self.seen_in = org, "response headers"
             self.till = till if till is not None else self.till
+        self.settle()
         if self.expected is not None and org != self.expected:
             log.error("run.wrong_org", expected_org_id=self.expected, org_id=org)
             return wrong_org(self.expected, org, "from the API's org_id header", sent=True)

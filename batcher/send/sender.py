@@ -27,7 +27,7 @@ from batcher.job import Job
 from batcher.plan import PlannedRequest
 from batcher.results.outcomes import Journal, Outcome, Status
 from batcher.send import contract
-from batcher.send.auth import Authenticator, AuthRefused
+from batcher.send.auth import Authenticator, AuthRefused, OrgGuard, WrongOrg
 from batcher.send.contract import Entry, Verdict
 from batcher.send.pace import Pacer, backoff_s
 from batcher.send.session import retry_after_s
@@ -90,6 +90,7 @@ class Sender:
         *,
         stats: RunStats | None = None,
         maybe_sent: set[tuple[str, str]] | None = None,
+        org: OrgGuard | None = None,
     ) -> None:
         self._job = job
         self._identifier = job.input.identifier
@@ -117,6 +118,7 @@ class Sender:
         self._changed: asyncio.Event | None = None
         self.stop_reason: str | None = None
         self.abort: RunStopped | None = None
+        self.org = org or OrgGuard(job.api.expect_org_id)
 
     # --- work selection ----------------------------------------------------------------------
 
@@ -126,6 +128,13 @@ class Sender:
             self.stop_reason = reason
             log.warning("run.stopping", reason=reason)
         self._wake()
+
+    def refuse(self, error: RunStopped) -> None:
+        """Stop before sending anything (the wrong org, credentials refused): every pair unsent."""
+        if self.abort is None:
+            self.abort = error
+            log.error("run.aborted", reason=error.message)
+        self.stop("the wrong org" if isinstance(error, WrongOrg) else "authentication refused")
 
     def _wake(self) -> None:
         if self._changed is not None:

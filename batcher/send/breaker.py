@@ -1,0 +1,138 @@
+"""An early stop for a run whose answers nearly all say the same thing is wrong.
+
+A file whose every row names a program the org does not have would otherwise spend the whole
+quota learning 10,000 times what the first 200 answers already said. The rule is a rolling
+window over answered pairs: once `after_pairs` pairs are answered, and at every later answer,
+look at the last `window_pairs` of them (all of them while there are fewer); if `share` or more
+are bad, trip. Bad answers carry a *kind* (for failures: the API's code and message), so the
+stop can name the dominant one and show a sample.
+
+The breaker is pure (no clock, no I/O, O(1) per answer) and generic in the kind, so any "most
+answers are bad" rule can use it: permanent failures here, answers that cannot be placed
+elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from batcher.present.logs import mask_text
+
+K = TypeVar("K")
+
+WINDOW_PAIRS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Trip(Generic[K]):
+    """Why the breaker tripped: the bad share of a window, and its dominant kind of answer."""
+
+    bad: int  # bad answers in the window
+    window: int  # answered pairs in the window
+    answered: int  # answered pairs in the whole run so far
+    kind: K  # the most frequent kind of bad answer in the window
+    kind_count: int
+    sample: str | None  # one example of that kind (already masked by the caller)
+
+    @property
+    def share(self) -> float:
+        return self.bad / self.window
+
+    @property
+    def whole_run(self) -> bool:
+        """The window is every pair answered so far (the run's first pairs)."""
+        return self.window == self.answered
+
+    def window_text(self) -> str:
+        """ "the first 250 pairs" or "the last 1,000 pairs"."""
+        return f"the {'first' if self.whole_run else 'last'} {self.window:,} pairs"
+
+
+class ShareBreaker(Generic[K]):
+    """Trips when `share` or more of the answered pairs in the rolling window are bad."""
+
+    def __init__(self, share: float, after_pairs: int, window_pairs: int = WINDOW_PAIRS) -> None:
+        if not 0 < share <= 1 or after_pairs < 1:
+            raise ValueError("share must be in (0, 1] and after_pairs positive")
+        self.share = share
+        self.after_pairs = after_pairs
+        self.window_pairs = max(window_pairs, after_pairs)
+        self.enabled = share < 1.0  # 1.0 turns it off: "every answer failed" is still an answer
+        self.answered = 0
+        self.tripped: Trip[K] | None = None
+        self._window: deque[K | None] = deque()
+        self._bad = 0
+        self._kinds: Counter[K] = Counter()
+        self._samples: dict[K, str | None] = {}
+
+    def add(self, bad_kind: K | None, sample: str | None = None) -> Trip[K] | None:
+        """One answered pair (`bad_kind` None: a good answer). The Trip, the first time only."""
+        if not self.enabled or self.tripped is not None:
+            return None
+        self.answered += 1
+        self._window.append(bad_kind)
+        if bad_kind is not None:
+            self._bad += 1
+            self._kinds[bad_kind] += 1
+            self._samples.setdefault(bad_kind, sample)
+        if len(self._window) > self.window_pairs:
+            old = self._window.popleft()
+            if old is not None:
+                self._bad -= 1
+                self._kinds[old] -= 1
+                if not self._kinds[old]:
+                    del self._kinds[old]
+        if self.answered < self.after_pairs or self._bad < self.share * len(self._window):
+            return None
+        kind, count = self._kinds.most_common(1)[0]
+        self.tripped = Trip(
+            self._bad, len(self._window), self.answered, kind, count, self._samples[kind]
+        )
+        return self.tripped
+
+
+# --- permanent failures: the kind is the API's (code, message) --------------------------------
+
+FailureKind = tuple[int | None, str | None]
+
+# What to check, by the dominant code (see CONTRACT.md's item codes).
+_FAILURE_HINTS: dict[int, str] = {
+    2006: "check the program names against the org's partner programs",
+    2008: "check the programs per customer (programs_per_customer)",
+    618: "these customers are marked as fraud",
+    1001: "check the mobiles and input.identifier",
+    1002: "check the emails and input.identifier",
+    1003: "check the external ids and input.identifier",
+    **dict.fromkeys(
+        (816, 1011, 1012, 8015),
+        "check that these customers exist in this org (api.expect_org_id) and input.identifier",
+    ),
+}
+_PROGRAM_CODES = frozenset({2006, 2008})
+
+
+def failure_sample(code: int | None, customer: str, program: str) -> str:
+    """A masked example row for a failure: the program alone when the program is the problem."""
+    if code in _PROGRAM_CODES:
+        return f"program {program!r}"
+    return f"customer {mask_text(customer)}, program {program!r}"
+
+
+def failure_stop_message(trip: Trip[FailureKind], resume: str) -> str:
+    """ "97% of the first 250 pairs failed with 2006 'Cannot find ...' (program 'Gold'): ..." """
+    code, message = trip.kind
+    what = f"{code} {message!r}" if message else f"code {code}"
+    sample = f" ({trip.sample})" if trip.sample else ""
+    mixed = (
+        ""
+        if trip.kind_count == trip.bad
+        else f" ({trip.kind_count:,} of the {trip.bad:,} failures)"
+    )
+    hint = _FAILURE_HINTS.get(code, "check the input") if code is not None else "check the input"
+    return (
+        f"{int(100 * trip.share)}% of {trip.window_text()} failed"
+        f"{' mostly' if mixed else ''} with {what}{mixed}{sample}: {hint}; "
+        f"the run stopped early, nothing more was sent; resume with {resume}"
+    )
