@@ -185,6 +185,12 @@ def _runs_of(job_dir: Path) -> dict[str, dict[str, Any]]:
     return runs
 
 
+def _with_answer_columns(outcomes: pl.DataFrame) -> pl.DataFrame:
+    """Outcomes written before a column was added (api_identifier) get it, empty."""
+    missing = [c for c in ANSWER_COLUMNS if c not in outcomes.columns]
+    return outcomes.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in missing)
+
+
 def merged_report(run_dir: Path) -> tuple[pl.DataFrame, list[str]]:
     """The latest answer for every row of the first run of `run_dir`'s family, and the runs used."""
     run_dir = run_dir.resolve()
@@ -207,14 +213,16 @@ def merged_report(run_dir: Path) -> tuple[pl.DataFrame, list[str]]:
             f"Run {root} has no outcomes yet: it never finished.",
             hint=f"Resume it first: batcher resume {run_dir.parent / root}",
         )
-    merged = pl.read_parquet(root_outcomes).with_columns(pl.lit(root).alias("final_run"))
+    merged = _with_answer_columns(pl.read_parquet(root_outcomes)).with_columns(
+        pl.lit(root).alias("final_run")
+    )
     key_file = "source_file" in merged.columns
     used = [root]
     for rid in family[1:]:
         path = run_dir.parent / rid / "outcomes.parquet"
         if not path.is_file():
             continue
-        child = pl.read_parquet(path)
+        child = _with_answer_columns(pl.read_parquet(path))
         mapped = child.join(_root_rows(path.parent, child), on="row", how="inner").select(
             pl.col("root_row").alias("row"),
             *([pl.col("root_source_file").alias("source_file")] if key_file else []),
