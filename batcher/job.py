@@ -6,7 +6,7 @@ import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +21,32 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*$", re.IGNORECASE)
 # Keys that look like they hold a secret are refused by name, with a pointer to the environment.
 _SECRET_KEY_RE = re.compile(r"pass(word)?|secret|token|api_?key|client_?key|md5|credential", re.I)
+# storage_options keys that would carry a cloud credential (the values belong in the environment).
+_STORAGE_SECRET_RE = re.compile(
+    r"secret|token|pass(word)?|sas|access_key|account_key|master_key|service_account|"
+    r"credential|client_id|bearer|authorization|session",
+    re.I,
+)
+# Object-storage URL schemes (kept in step with batcher/input/cloud.py, which reads them).
+_OBJECT_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "azure", "abfs", "abfss", "adl", "https", "http")
+
+
+def _is_object_url(text: str) -> bool:
+    scheme, sep, _ = text.partition("://")
+    return bool(sep) and scheme.lower() in _OBJECT_SCHEMES
+
+
+def _check_output_url(path: Path, url: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme.lower() in ("http", "https") or not parts.netloc:
+        raise _fail(
+            path,
+            "output.dir",
+            f"has a bad value {url!r}",
+            "a local folder, or an s3://, gs:// or az:// URL with a bucket (https:// is read-only)",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +81,10 @@ class InputSettings:
     # completed with the country code before validation, deduplication and sending.
     default_country_code: str | None = None
     national_mobile_digits: int = 10
+    # Non-secret object-storage settings (region, endpoint...), for s3://, gs://, az:// inputs.
+    storage_options: dict[str, str] = field(default_factory=dict)
+    # An Excel input's sheet: its name, or its index from 0 (default the first).
+    sheet: str | int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +138,9 @@ class Job:
     output_dir: Path
     simulator_profile: Path | None
     safety: SafetySettings = SafetySettings()
+    # [output] dir as an object-storage URL: results are uploaded there, `output_dir` is then
+    # the local staging folder (journal, lock and every file, before the upload).
+    output_url: str | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -131,12 +164,17 @@ class Job:
         if max_pairs is not None:
             job = replace(job, safety=replace(job.safety, max_pairs=max_pairs))
         if input_path is not None:
-            job = replace(job, input=replace(job.input, path=str(Path(input_path).resolve())))
+            path = input_path if _is_object_url(input_path) else str(Path(input_path).resolve())
+            job = replace(job, input=replace(job.input, path=path))
         if base_url is not None:
             _check_base_url(self.path, base_url)
             job = replace(job, api=replace(job.api, base_url=base_url.rstrip("/")))
         if output_dir is not None:
-            job = replace(job, output_dir=Path(output_dir).resolve())
+            if _is_object_url(output_dir):
+                _check_output_url(self.path, output_dir)
+                job = replace(job, output_url=output_dir.rstrip("/"))
+            else:
+                job = replace(job, output_dir=Path(output_dir).resolve(), output_url=None)
         return job
 
     def settings_for_display(self) -> dict[str, Any]:
@@ -153,6 +191,8 @@ class Job:
                 "encoding": self.input.encoding,
                 "default_country_code": self.input.default_country_code,
                 "national_mobile_digits": self.input.national_mobile_digits,
+                "storage_options": dict(self.input.storage_options),
+                "sheet": self.input.sheet,
             },
             "api": {
                 "base_url": self.api.base_url,
@@ -176,7 +216,12 @@ class Job:
                 "backoff_base_seconds": self.retry.backoff_base_s,
                 "backoff_max_seconds": self.retry.backoff_max_s,
             },
-            "output": {"dir": str(self.output_dir)},
+            "output": {
+                "dir": self.output_url or str(self.output_dir),
+                "staging": str(self.output_dir),
+            }
+            if self.output_url
+            else {"dir": str(self.output_dir)},
             "simulator": {
                 "profile": str(self.simulator_profile) if self.simulator_profile else None
             },
@@ -215,7 +260,13 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         ),
     },
     "input": {
-        "path": _Key(str, "a CSV or Parquet file, or a glob of them", bool, required=True),
+        "path": _Key(
+            str,
+            "a CSV, Parquet or Excel (.xlsx) file, or a glob of them; or an s3://, gs://, az:// "
+            "URL (globs allowed) or an https:// URL of one file",
+            bool,
+            required=True,
+        ),
         "identifier": _Key(str, "one of mobile, email, externalId, id", IDENTIFIERS.__contains__),
         "identifier_column": _Key(str, "a column name", bool),
         "program_column": _Key(str, "a column name", bool),
@@ -235,6 +286,17 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
             int,
             "the length of a national mobile number without its trunk 0, 4 to 14 (default 10)",
             lambda v: _positive_int(v) and 4 <= v <= 14,
+        ),
+        "storage_options": _Key(
+            dict,
+            'a table of non-secret object-storage settings such as { aws_region = "eu-west-1" } '
+            "(credentials come from the environment)",
+            lambda v: all(isinstance(x, str | bool | int) for x in v.values()),
+        ),
+        "sheet": _Key(
+            (str, int),
+            "an Excel sheet's name, or its index from 0 (default 0, the first)",
+            lambda v: bool(v) if isinstance(v, str) else v >= 0,
         ),
     },
     "api": {
@@ -285,7 +347,17 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "backoff_max_seconds": _Key((int, float), "a positive number of seconds", _positive_number),
     },
     "output": {
-        "dir": _Key(str, "a folder path (relative to the working directory)", bool),
+        "dir": _Key(
+            str,
+            "a folder path (relative to the working directory), or an s3://, gs://, az:// URL "
+            "to upload the results to",
+            bool,
+        ),
+        "staging_dir": _Key(
+            str,
+            "the local folder a run works in when dir is a URL (default output)",
+            bool,
+        ),
     },
     "simulator": {
         "profile": _Key(str, "a simulator profile TOML file, relative to the job file", bool),
@@ -493,6 +565,28 @@ def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
                 f"applies to mobiles only, and input.identifier is {identifier!r}",
                 'remove it, or set input.identifier = "mobile"',
             )
+    options = dict(inp.get("storage_options", {}))
+    for key in options:
+        if _STORAGE_SECRET_RE.search(key):
+            raise JobError(
+                f"Job file {job_path}: key 'input.storage_options.{key}' looks like a secret, "
+                "and secrets never go in a job file.",
+                hint="Set the cloud's standard environment variables instead (for S3: "
+                "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN or AWS_PROFILE).",
+            )
+    output_dir_text = output.get("dir", "output")
+    output_url = None
+    if _is_object_url(output_dir_text):
+        _check_output_url(job_path, output_dir_text)
+        output_url = output_dir_text.rstrip("/")
+        output_dir_text = output.get("staging_dir", "output")
+    elif "staging_dir" in output:
+        raise _fail(
+            job_path,
+            "output.staging_dir",
+            "is only for an output.dir that is an object-storage URL",
+            "remove it, or set output.dir to an s3://, gs:// or az:// URL",
+        )
     profile: Path | None = None
     if "profile" in sim:
         profile = (job_path.parent / sim["profile"]).resolve()
@@ -516,6 +610,10 @@ def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
             encoding=inp.get("encoding", "utf8"),
             default_country_code=inp.get("default_country_code"),
             national_mobile_digits=inp.get("national_mobile_digits", 10),
+            storage_options={
+                k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in options.items()
+            },
+            sheet=inp.get("sheet", 0),
         ),
         api=ApiSettings(
             base_url=base_url,
@@ -535,11 +633,12 @@ def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
             backoff_base_s=backoff_base,
             backoff_max_s=backoff_max,
         ),
-        output_dir=Path(output.get("dir", "output")).expanduser().resolve(),
+        output_dir=Path(output_dir_text).expanduser().resolve(),
         simulator_profile=profile,
         safety=SafetySettings(
             stop_if_failed_share=float(safety.get("stop_if_failed_share", 0.9)),
             stop_after_pairs=safety.get("stop_after_pairs", 200),
             max_pairs=safety.get("max_pairs"),
         ),
+        output_url=output_url,
     )

@@ -8,21 +8,31 @@ no Python runs per row.
 from __future__ import annotations
 
 import codecs
-import glob as globlib
-import hashlib
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import polars as pl
 
 from batcher.errors import InputError
+from batcher.input import cloud, excel
+from batcher.input.files import (
+    Format,
+    InputFile,
+    describe_local,
+    display_name,
+    fingerprint_inputs,
+    format_of,
+    input_location,
+    options_of,
+    read_bytes,
+    resolve_inputs,
+)
 from batcher.job import Identifier, Job
 
-Format = Literal["csv", "parquet"]
+__all__ = ["Format", "InputFile", "Source", "fingerprint_inputs", "load_source", "validate_rows"]
 
 # Columns batcher itself writes into its result files. An input column with one of these names
 # would be overwritten, so it is renamed to input_<name> (or dropped, for a fed-back failures
@@ -44,6 +54,8 @@ OUTPUT_COLUMNS = (
     "note",
 )
 INTERNAL_COLUMNS = ("_key", "_customer", "_program")
+# Where a row came from, ahead of its own columns: its number, its file (globs), its sheet.
+POSITION_COLUMNS = ("row", "source_file", "sheet")
 # A batcher failures file ends with these; fed back as input, they describe the old run.
 FAILURES_TAIL = ("status", "code", "message")
 
@@ -68,8 +80,7 @@ EXTERNAL_ID_MAX_CHARS = 150
 PROGRAM_MAX_CHARS = 100
 ID_MAX_DIGITS = 18  # fits a signed 64-bit integer with room to spare
 
-_CSV_SUFFIXES = {".csv", ".txt", ".tsv"}
-_PARQUET_SUFFIXES = {".parquet", ".pq", ".parq"}
+_FORMAT_NAMES = {"csv": "CSV", "parquet": "Parquet", "xlsx": "Excel"}
 _POLARS_ENCODINGS = {"utf8": "utf8", "utf-8": "utf8", "utf8-lossy": "utf8-lossy"}
 _HASH_CHUNK = 1 << 20
 
@@ -97,14 +108,6 @@ _CONTROL_CHARS_RE = r"[\x00-\x1f\x7f]"
 
 
 @dataclass(frozen=True, slots=True)
-class InputFile:
-    path: Path
-    size: int
-    mtime_ns: int
-    sha256: str
-
-
-@dataclass(frozen=True, slots=True)
 class Source:
     """Every input row, validated, in input order.
 
@@ -123,6 +126,8 @@ class Source:
     program_column: str
     is_glob: bool
     notes: list[str]
+    # An Excel input's sheet (its name); outcomes then carry a `sheet` column.
+    sheet: str | None = None
 
     @property
     def row_count(self) -> int:
@@ -143,69 +148,6 @@ class Source:
         valid = self.rows.get_column("status") == "valid"
         # Usually every row is valid: then filtering would only copy the three columns.
         return pairs if valid.all() else pairs.filter(valid)
-
-
-# --- files ----------------------------------------------------------------------------------
-
-
-def _is_glob(pattern: str) -> bool:
-    return any(c in pattern for c in "*?[")
-
-
-def _resolve_files(job: Job) -> tuple[list[Path], bool]:
-    pattern = job.input_pattern()
-    text = str(pattern)
-    if _is_glob(text):
-        matches = sorted(Path(p) for p in globlib.glob(text, recursive=True))
-        files = [p for p in matches if p.is_file()]
-        if not files:
-            raise InputError(
-                f"Input glob {text} matches no file.",
-                hint="Check input.path in the job file (relative to the job file) or --input.",
-            )
-        return files, True
-    if not pattern.exists():
-        raise InputError(
-            f"Input file {text} does not exist.",
-            hint="Check input.path in the job file (relative to the job file) or --input.",
-        )
-    if not pattern.is_file():
-        raise InputError(
-            f"Input path {text} is a directory, not a file.",
-            hint='To read every file in it, use a glob such as "data/*.csv".',
-        )
-    return [pattern], False
-
-
-def _describe(path: Path) -> InputFile:
-    """Size, mtime and a streamed sha256 of the content (also proves the file is readable)."""
-    digest = hashlib.sha256()
-    try:
-        st = path.stat()
-        with open(path, "rb") as f:
-            while chunk := f.read(_HASH_CHUNK):
-                digest.update(chunk)
-    except OSError as e:
-        raise InputError(f"Input file {path} cannot be read: {e.strerror or e}.") from e
-    return InputFile(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=digest.hexdigest())
-
-
-def _format_of(path: Path) -> Format:
-    suffix = path.suffix.lower()
-    if suffix in _PARQUET_SUFFIXES:
-        return "parquet"
-    if suffix in _CSV_SUFFIXES:
-        return "csv"
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    return "parquet" if magic == b"PAR1" else "csv"
-
-
-def _display_name(path: Path, base: Path) -> str:
-    try:
-        return str(path.relative_to(base))
-    except ValueError:
-        return str(path)
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -233,8 +175,9 @@ def _first_bad_utf8(path: Path) -> tuple[int, int, int] | None:
             lines_before += chunk.count(b"\n")
 
 
-def _not_utf8_error(path: Path, encoding: str) -> InputError:
-    where = _first_bad_utf8(path)
+def _not_utf8_error(path: Path | str, encoding: str) -> InputError:
+    # An object is not downloaded again just to point at the byte.
+    where = None if cloud.is_object_url(str(path)) else _first_bad_utf8(Path(path))
     detail = ""
     if where is not None:
         line, offset, byte = where
@@ -247,7 +190,7 @@ def _not_utf8_error(path: Path, encoding: str) -> InputError:
     )
 
 
-def _decode_other(path: Path, encoding: str) -> bytes:
+def _decode_other(path: Path | str, encoding: str, raw: bytes | None = None) -> bytes:
     """Decode a non-UTF-8 file in Python and hand polars UTF-8 bytes (polars reads only UTF-8)."""
     try:
         codecs.lookup(encoding)
@@ -256,7 +199,7 @@ def _decode_other(path: Path, encoding: str) -> bytes:
             f"input.encoding {encoding!r} is not a known text encoding.",
             hint='Use utf8 (the default), utf8-lossy, or a Python codec name such as "cp1252".',
         ) from None
-    raw = path.read_bytes()
+    raw = Path(path).read_bytes() if raw is None else raw
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as e:
@@ -269,14 +212,23 @@ def _decode_other(path: Path, encoding: str) -> bytes:
     return text.lstrip("\ufeff").encode("utf-8")
 
 
-def _scan_csv(path: Path, separator: str, encoding: str) -> pl.LazyFrame:
+def _scan_csv(
+    path: Path | str,
+    separator: str,
+    encoding: str,
+    *,
+    storage_options: dict[str, str] | None = None,
+    fetch: Callable[[], bytes] | None = None,
+) -> pl.LazyFrame:
+    """A lazy scan of one CSV file; an object is read by polars' cloud reader."""
     polars_encoding = _POLARS_ENCODINGS.get(encoding.lower())
-    source: Path | bytes = path
+    source: Path | str | bytes = path
     if polars_encoding is None:
-        source = _decode_other(path, encoding)
+        source = _decode_other(path, encoding, fetch() if fetch is not None else None)
         polars_encoding = "utf8"
     return pl.scan_csv(
         source,
+        storage_options=storage_options if isinstance(source, str) else None,
         infer_schema=False,  # every column as text: a mobile never passes through a number
         separator=separator,
         encoding="utf8" if polars_encoding == "utf8" else "utf8-lossy",
@@ -285,8 +237,12 @@ def _scan_csv(path: Path, separator: str, encoding: str) -> pl.LazyFrame:
     )
 
 
-def _columns_after_rules(names: list[str], notes: list[str], label: str) -> dict[str, str | None]:
+def _columns_after_rules(
+    names: list[str], notes: list[str], label: str, workbook: bool = False
+) -> dict[str, str | None]:
     """Map each input column to its name in `rows` (None: dropped)."""
+    # A workbook's rows also carry `sheet`: an input column of that name is renamed too.
+    taken_by_batcher = (*OUTPUT_COLUMNS, "sheet") if workbook else OUTPUT_COLUMNS
     mapping: dict[str, str | None] = {n: n for n in names}
     if len(names) > len(FAILURES_TAIL) and tuple(names[-3:]) == FAILURES_TAIL:
         for n in FAILURES_TAIL:
@@ -297,7 +253,7 @@ def _columns_after_rules(names: list[str], notes: list[str], label: str) -> dict
         )
     taken = set(names)
     for n in names:
-        if mapping[n] is not None and (n in OUTPUT_COLUMNS or n in INTERNAL_COLUMNS):
+        if mapping[n] is not None and (n in taken_by_batcher or n in INTERNAL_COLUMNS):
             new = f"input_{n}"
             while new in taken:
                 new = f"input_{new}"
@@ -307,36 +263,60 @@ def _columns_after_rules(names: list[str], notes: list[str], label: str) -> dict
     return mapping
 
 
-def _read_file(
-    path: Path,
-    fmt: Format,
-    job: Job,
-    label: str,
-    notes: list[str],
-) -> tuple[pl.DataFrame, str, str]:
-    """One file's rows: `row` (1-based), `source_file`, then its columns after the rename rule."""
+def _open_file(
+    path: str, fmt: Format, job: Job, label: str
+) -> tuple[pl.LazyFrame, list[str], str | None]:
+    """(lazy rows, column names, sheet name) of one file; an Excel sheet is read whole."""
     inp = job.input
+    is_object = cloud.is_object_url(path)
+    options = options_of(job) if is_object else None
+    if fmt == "xlsx":
+        sheet = excel.read_sheet(read_bytes(job, path), inp.sheet, label)
+        names = [c for c in sheet.frame.columns if c != excel.SHEET_ROW]
+        return sheet.frame.lazy(), names, sheet.name
+    source: Path | str = path if is_object else Path(path)
     try:
         if fmt == "csv":
-            lf = _scan_csv(path, inp.separator, inp.encoding)
+            lf = _scan_csv(
+                source,
+                inp.separator,
+                inp.encoding,
+                storage_options=options,
+                fetch=(lambda: read_bytes(job, path)) if is_object else None,
+            )
         else:
-            lf = pl.scan_parquet(path, glob=False)
-        names = lf.collect_schema().names()
+            lf = pl.scan_parquet(source, glob=False, storage_options=options)
+        return lf, lf.collect_schema().names(), None
     except InputError:
         raise
     except (pl.exceptions.PolarsError, OSError) as e:
         raise _unreadable(path, fmt, e) from e
 
+
+def _read_file(
+    path: str,
+    fmt: Format,
+    job: Job,
+    label: str,
+    notes: list[str],
+) -> tuple[pl.DataFrame, str, str, str | None]:
+    """One file's rows: `row` (1-based), `source_file`, (`sheet`), then its columns after the
+    rename rule; also the identifier and program columns' names, and the sheet's name."""
+    inp = job.input
+    lf, names, sheet = _open_file(path, fmt, job, label)
+    position: dict[str, pl.DataType] = {"row": pl.Int64(), "source_file": pl.String()}
+    if sheet is not None:
+        position["sheet"] = pl.String()
+
     if not names:  # an empty file: zero rows, nothing to complain about
         empty = pl.DataFrame(
             schema={
-                "row": pl.Int64,
-                "source_file": pl.String,
+                **position,
                 inp.identifier_column: pl.String,
                 inp.program_column: pl.String,
             }
         )
-        return empty, inp.identifier_column, inp.program_column
+        return empty, inp.identifier_column, inp.program_column, sheet
 
     # polars renames a repeated header to <name>_duplicated_<n>: which one is meant is a guess.
     repeated = [
@@ -350,7 +330,7 @@ def _read_file(
             f"Input file {path} has the column {base!r} more than once in its header.",
             hint="Rename or remove the repeated column, so each column name is used once.",
         )
-    mapping = _columns_after_rules(names, notes, label)
+    mapping = _columns_after_rules(names, notes, label, sheet is not None)
     kept = {old: new for old, new in mapping.items() if new is not None}
     id_col = kept.get(inp.identifier_column)
     prog_col = kept.get(inp.program_column)
@@ -366,16 +346,25 @@ def _read_file(
                 + (" or input.separator to the file's delimiter." if len(names) == 1 else "."),
             )
     # The renamed names of the identifier/program columns are what validation reads.
-    lf = lf.select([pl.col(old).alias(new) for old, new in kept.items()])
+    row_number = [pl.col(excel.SHEET_ROW)] if sheet is not None else []
+    lf = lf.select([*row_number, *(pl.col(old).alias(new) for old, new in kept.items())])
     if fmt == "parquet":
         # Parquet keeps types: identifiers and programs become text (an integer mobile casts
         # exactly; a float one shows its float text and is rejected, never silently rounded).
         lf = lf.with_columns(pl.col(c).cast(pl.String) for c in {id_col, prog_col} if c)
-    lf = lf.with_row_index("row", offset=1).select(
-        pl.col("row").cast(pl.Int64),
-        pl.lit(label, dtype=pl.String).alias("source_file"),
-        pl.exclude("row"),
-    )
+    if sheet is not None:  # rows keep the sheet's numbering (empty rows were skipped)
+        lf = lf.select(
+            pl.col(excel.SHEET_ROW).alias("row"),
+            pl.lit(label, dtype=pl.String).alias("source_file"),
+            pl.lit(sheet, dtype=pl.String).alias("sheet"),
+            pl.exclude(excel.SHEET_ROW),
+        )
+    else:
+        lf = lf.with_row_index("row", offset=1).select(
+            pl.col("row").cast(pl.Int64),
+            pl.lit(label, dtype=pl.String).alias("source_file"),
+            pl.exclude("row"),
+        )
     try:
         frame = lf.collect()
     except pl.exceptions.PolarsError as e:
@@ -384,10 +373,14 @@ def _read_file(
         raise _unreadable(path, fmt, e) from e
     except OSError as e:
         raise _unreadable(path, fmt, e) from e
-    return frame, id_col or inp.identifier_column, prog_col or inp.program_column
+    return frame, id_col or inp.identifier_column, prog_col or inp.program_column, sheet
 
 
-def _unreadable(path: Path, fmt: Format, e: BaseException) -> InputError:
+def _unreadable(path: Path | str, fmt: Format, e: BaseException) -> InputError:
+    if cloud.is_object_url(str(path)) and (
+        isinstance(e, OSError) or "object-store" in str(e) or "status" in str(e)
+    ):
+        return cloud.storage_error(e, str(path), "read")
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     hint = (
         "Check it is a complete Parquet file (a truncated copy cannot be read)."
@@ -678,11 +671,11 @@ def validate_rows(
             .then(pl.format("same customer and program as row {}", first_row))
             .otherwise(message)
         )
-    originals = [c for c in frame.columns if c not in ("_key", "row", "source_file")]
+    position = [c for c in POSITION_COLUMNS if c in frame.columns]
+    originals = [c for c in frame.columns if c != "_key" and c not in position]
     return checked.select(
         "_key",
-        "row",
-        "source_file",
+        *position,
         *originals,
         "_customer",
         "_program",
@@ -693,24 +686,43 @@ def validate_rows(
     )
 
 
-def fingerprint_inputs(job: Job) -> list[InputFile]:
-    """The input files' fingerprints (size, mtime, sha256), without reading them as tables."""
-    paths, _ = _resolve_files(job)
-    return [_describe(p) for p in paths]
-
-
 def load_source(job: Job) -> Source:
     """Read the job's input (file or glob) and validate every row; InputError if unusable."""
-    paths, is_glob = _resolve_files(job)
+    if cloud.is_object_url(job.input.path):
+        # An object's fingerprint is what the store says of it: listed before it is read.
+        files = fingerprint_inputs(job)
+        paths, is_glob = [f.path for f in files], len(files) > 1 or _glob_path(job)
+        fmt, columns, rows, id_col, prog_col, notes, sheet = _load_rows(job, paths)
+        return _source(job, files, fmt, columns, rows, id_col, prog_col, is_glob, notes, sheet)
+    paths, is_glob = resolve_inputs(job)
     # hashlib releases the GIL: the files are hashed while polars reads and checks them.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        described = pool.submit(lambda: [_describe(p) for p in paths])
+        described = pool.submit(lambda: [describe_local(Path(p)) for p in paths])
         try:
-            fmt, columns, rows, id_col, prog_col, notes = _load_rows(job, paths)
+            fmt, columns, rows, id_col, prog_col, notes, sheet = _load_rows(job, paths)
         except BaseException:
             described.result()  # an unreadable file is reported as such, before anything else
             raise
         files = described.result()
+    return _source(job, files, fmt, columns, rows, id_col, prog_col, is_glob, notes, sheet)
+
+
+def _glob_path(job: Job) -> bool:
+    return any(c in job.input.path for c in "*?[")
+
+
+def _source(
+    job: Job,
+    files: list[InputFile],
+    fmt: Format,
+    columns: list[str],
+    rows: pl.DataFrame,
+    id_col: str,
+    prog_col: str,
+    is_glob: bool,
+    notes: list[str],
+    sheet: str | None,
+) -> Source:
     return Source(
         files=files,
         format=fmt,
@@ -721,19 +733,22 @@ def load_source(job: Job) -> Source:
         program_column=prog_col,
         is_glob=is_glob,
         notes=notes,
+        sheet=sheet,
     )
 
 
 def _load_rows(
-    job: Job, paths: list[Path]
-) -> tuple[Format, list[str], pl.DataFrame, str, str, list[str]]:
-    """(format, input columns, validated rows, identifier column, program column, notes)."""
-    formats = {p: _format_of(p) for p in paths}
+    job: Job, paths: list[str]
+) -> tuple[Format, list[str], pl.DataFrame, str, str, list[str], str | None]:
+    """(format, input columns, validated rows, identifier column, program column, notes,
+    sheet name)."""
+    formats = {p: format_of(p) for p in paths}
     kinds = set(formats.values())
     if len(kinds) > 1:
-        listing = ", ".join(f"{p.name} ({f})" for p, f in formats.items())
+        listing = ", ".join(f"{Path(p).name} ({f})" for p, f in formats.items())
+        mixed = " and ".join(_FORMAT_NAMES[k] for k in sorted(kinds))
         raise InputError(
-            f"Input {job.input_pattern()} mixes CSV and Parquet files: {listing}.",
+            f"Input {input_location(job)} mixes {mixed} files: {listing}.",
             hint="Point input.path at one format only.",
         )
     fmt: Format = kinds.pop()
@@ -741,18 +756,20 @@ def _load_rows(
     frames: list[pl.DataFrame] = []
     columns: list[str] = []
     id_col, prog_col = job.input.identifier_column, job.input.program_column
+    sheet: str | None = None
     for path in paths:
-        label = _display_name(path, job.base_dir)
-        frame, id_col, prog_col = _read_file(path, fmt, job, label, notes)
+        label = display_name(path, job.base_dir)
+        frame, id_col, prog_col, file_sheet = _read_file(path, fmt, job, label, notes)
+        sheet = sheet or file_sheet
         frames.append(frame)
-        columns += [c for c in frame.columns[2:] if c not in columns]
+        columns += [c for c in frame.columns if c not in POSITION_COLUMNS and c not in columns]
     try:
         combined = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
     except pl.exceptions.PolarsError as e:
         raise InputError(
-            f"The files of {job.input_pattern()} cannot be combined: {e}.",
+            f"The files of {input_location(job)} cannot be combined: {e}.",
             hint="Each file's columns must have compatible types.",
         ) from e
     combined = combined.with_row_index("_key").with_columns(pl.col("_key").cast(pl.Int64))
     rows = validate_rows(combined, job.input.identifier, id_col, prog_col, national_mobiles(job))
-    return fmt, columns, rows, id_col, prog_col, notes
+    return fmt, columns, rows, id_col, prog_col, notes, sheet

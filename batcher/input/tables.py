@@ -8,7 +8,9 @@ from typing import Literal
 
 import polars as pl
 
-TableFormat = Literal["csv", "parquet"]
+TableFormat = Literal["csv", "parquet", "xlsx"]
+# Excel's rows per sheet, the header included.
+XLSX_MAX_ROWS = 1_048_576
 
 # A cell a spreadsheet would run as a formula: =, @, tab or CR first, or + / - followed by
 # anything other than a phone-like number (digits, spaces, dashes, parentheses, dots).
@@ -26,13 +28,22 @@ def neutralise_formula(column: str) -> pl.Expr:
     return pl.when(risky).then(pl.lit("'") + col).otherwise(col).alias(column)
 
 
-def write_table(frame: pl.DataFrame | pl.LazyFrame, path: str | Path, fmt: TableFormat) -> Path:
-    """Write `frame` to `path` as CSV or Parquet: via a temporary file, then an atomic rename."""
+def write_table(
+    frame: pl.DataFrame | pl.LazyFrame,
+    path: str | Path,
+    fmt: TableFormat,
+    *,
+    sheet: str | None = None,
+) -> Path:
+    """Write `frame` to `path` as CSV, Parquet or Excel: via a temporary file, then an atomic
+    rename. `sheet`: an Excel file's sheet name (that of the input, so the job reads it back)."""
     path = Path(path)
     data = frame.collect() if isinstance(frame, pl.LazyFrame) else frame
     if fmt == "csv":
         strings = [name for name, dtype in data.schema.items() if dtype == pl.String]
         data = data.with_columns(neutralise_formula(c) for c in strings)
+    elif fmt == "xlsx":
+        return _write_xlsx(data, path, sheet or "Sheet1")
     elif fmt != "parquet":
         raise ValueError(f"unknown table format {fmt!r}")
     tmp = path.with_name(f".{path.name}.tmp")
@@ -45,6 +56,50 @@ def write_table(frame: pl.DataFrame | pl.LazyFrame, path: str | Path, fmt: Table
             else:
                 data.write_parquet(f)
             f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_xlsx(data: pl.DataFrame, path: Path, sheet: str) -> Path:
+    """An .xlsx whose text cells are always text: never a formula, a number or a link.
+
+    So a mobile stays its digits and `=cmd|...` is shown, not run: no apostrophe is needed,
+    unlike CSV. Numbers (row, code, attempts) are numbers.
+    """
+    import xlsxwriter
+
+    if data.height >= XLSX_MAX_ROWS:
+        raise ValueError(f"{data.height} rows do not fit in one Excel sheet")
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.close(fd)  # created owner-only; xlsxwriter writes into it by name
+    try:
+        book = xlsxwriter.Workbook(
+            str(tmp),
+            {
+                "constant_memory": True,  # rows go to disk as written: any height, little memory
+                "strings_to_numbers": False,
+                "strings_to_formulas": False,
+                "strings_to_urls": False,
+            },
+        )
+        ws = book.add_worksheet(sheet[:31])  # Excel's limit on a sheet name
+        ws.write_row(0, 0, data.columns)
+        numeric = [dtype.is_numeric() for dtype in data.dtypes]
+        for r, values in enumerate(data.iter_rows(), start=1):
+            for c, value in enumerate(values):
+                if value is None:
+                    continue
+                if numeric[c]:
+                    ws.write_number(r, c, value)
+                else:
+                    ws.write_string(r, c, str(value))
+        book.close()
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

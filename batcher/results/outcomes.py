@@ -294,6 +294,7 @@ def assemble_outcomes(
     out = joined.select(
         "row",
         *(["source_file"] if "source_file" in rows.columns else []),
+        *(["sheet"] if "sheet" in rows.columns else []),  # an Excel input's sheet
         *columns,
         pl.when(valid)
         .then(pl.col("s").fill_null(Status.RETRYABLE.value))

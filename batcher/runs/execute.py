@@ -17,6 +17,7 @@ import polars as pl
 import structlog
 
 from batcher.errors import RunStopped
+from batcher.input.files import input_location
 from batcher.input.source import Source, load_source
 from batcher.input.tables import write_table
 from batcher.job import Job
@@ -310,6 +311,7 @@ def _execute_locked(
             failures.select(*source.columns, "status", "code", "message"),
             failures_path,
             source.format,
+            sheet=source.sheet,
         )
         counts = summarise_counts(outcomes)
         if abort is not None:
@@ -417,16 +419,15 @@ def _manifest(job: Job, run_id: str, source: Source, parent: str | None) -> dict
         "created_at": utc_now(),
         "settings": job.settings_for_display(),
         "input": {
-            "pattern": str(job.input_pattern()),
+            "pattern": input_location(job),
             "columns": source.columns,
             "format": source.format,
-            "files": [
-                {"path": str(f.path), "size": f.size, "mtime_ns": f.mtime_ns, "sha256": f.sha256}
-                for f in source.files
-            ],
+            "files": [f.to_json() for f in source.files],
             "rows": source.row_count,
+            "sheet": source.sheet,
         },
         "output_dir": str(job.output_dir),
+        "output_url": job.output_url,
         "base_url": job.api.base_url,
         "plan": {
             "identifier": job.input.identifier,

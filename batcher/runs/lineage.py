@@ -16,7 +16,7 @@ import polars as pl
 import structlog
 
 from batcher.errors import BatcherError, InputError
-from batcher.input.source import Format, fingerprint_inputs
+from batcher.input.files import Format, fingerprint_inputs
 from batcher.input.tables import write_table
 from batcher.job import Job, load_job
 from batcher.results.outcomes import (
@@ -53,23 +53,26 @@ def job_of_run(run_dir: Path, manifest: dict[str, Any]) -> Job:
     """The job as it was when the run started, with the same input, output and API."""
     job = load_job(run_dir / "job.toml", as_path=Path(manifest["job_file"]))
     base_url = manifest.get("base_url")
-    return job.with_overrides(
+    job = job.with_overrides(
         input_path=manifest["input"]["pattern"],
         output_dir=manifest.get("output_dir"),
         base_url=base_url if base_url and base_url != job.api.base_url else None,
     )
+    # The results go where the run's went: its bucket, from its local staging folder.
+    return replace(job, output_url=manifest.get("output_url"))
 
 
 def _check_fingerprints(job: Job, manifest: dict[str, Any]) -> list[str]:
     """What changed in the input files since the run started (empty: nothing)."""
     before = {f["path"]: f for f in manifest["input"]["files"]}
-    now = {str(f.path): f for f in fingerprint_inputs(job)}
+    now = {f.path: f for f in fingerprint_inputs(job)}
     changes = [f"{p} is gone" for p in before if p not in now]
     changes += [f"{p} is new" for p in now if p not in before]
     for path, old in before.items():
         new = now.get(path)
-        if new is not None and (new.size, new.sha256) != (old["size"], old["sha256"]):
-            changes.append(f"{path} changed (size {old['size']} -> {new.size}, content differs)")
+        change = new.changes_since(old) if new is not None else None
+        if change is not None:
+            changes.append(change)
     return changes
 
 
@@ -158,7 +161,8 @@ def retry(
     picked = picked.join(roots, on="row", how="left", maintain_order="left")
     _, run_dir = create_run_dir(job)
     input_path = run_dir / f"input.{fmt}"
-    write_table(picked.select(columns), input_path, fmt)
+    sheet = manifest["input"].get("sheet")
+    write_table(picked.select(columns), input_path, fmt, sheet=sheet)
     picked.select(
         pl.int_range(1, picked.height + 1, dtype=pl.Int64).alias("row"),
         "root_row",
@@ -166,6 +170,8 @@ def retry(
         "root_run",
     ).write_parquet(run_dir / ORIGIN_NAME)
     child = job.with_overrides(input_path=str(input_path))
+    if sheet is not None:  # the child's workbook has that one sheet, by name
+        child = replace(child, input=replace(child.input, sheet=sheet))
     log.info("retry.started", parent=parent_dir.name, rows=picked.height, statuses=wanted)
     return execute(
         replace(child),

@@ -29,8 +29,11 @@ def _now() -> str:
 
 
 def reject_columns(source: Source) -> list[str]:
-    """Columns of the rejects file: row, source_file (globs only), the input's, the verdict."""
+    """Columns of the rejects file: row, source_file (globs only), sheet (workbooks), the
+    input's, the verdict."""
     head = ["row", "source_file"] if source.is_glob else ["row"]
+    if source.sheet is not None:
+        head.append("sheet")
     return [*head, *source.columns, "status", "reason", "message", "duplicate_of"]
 
 
@@ -40,7 +43,9 @@ def write_rejects(source: Source, run_dir: Path) -> Path | None:
     if rejects.height == 0:
         return None
     path = run_dir / f"{REJECTS_STEM}.{source.format}"
-    return write_table(rejects.select(reject_columns(source)), path, source.format)
+    return write_table(
+        rejects.select(reject_columns(source)), path, source.format, sheet=source.sheet
+    )
 
 
 def write_plan_preview(
@@ -94,10 +99,7 @@ def plan_summary(job: Job, run_id: str, source: Source, plan: PlanFigures) -> di
         "settings": job.settings_for_display(),
         "input": {
             "format": source.format,
-            "files": [
-                {"path": str(f.path), "size": f.size, "mtime_ns": f.mtime_ns, "sha256": f.sha256}
-                for f in source.files
-            ],
+            "files": [f.to_json() for f in source.files],
             "rows": source.row_count,
             "columns": source.columns,
             "notes": source.notes,
