@@ -199,10 +199,13 @@ def open_store(url: ObjectUrl, options: Mapping[str, str]) -> Any:
         client.setdefault("allow_http", "true")  # loopback only (parse_url refuses the rest)
     # A few quick retries: a wrong endpoint or a missing bucket should fail in seconds.
     retry = {"max_retries": 2, "retry_timeout": _timedelta(30)}
+    # No client_options at all unless some are set: an empty table would replace the ones
+    # the store reads from the environment (AWS_ALLOW_HTTP for a loopback endpoint, ...).
+    extra: dict[str, Any] = {"client_options": client} if client else {}
     try:
         if url.cloud == "https":
-            return from_url(url.root, client_options=client, retry_config=retry)
-        return from_url(url.root, config=config, client_options=client, retry_config=retry)
+            return from_url(url.root, retry_config=retry, **extra)
+        return from_url(url.root, config=config, retry_config=retry, **extra)
     except Exception as e:  # obstore raises several kinds for a bad configuration key or value
         raise InputError(
             f"Cannot open {url.root}: {first_line(e)}.",
@@ -296,7 +299,11 @@ def head(url: ObjectUrl, options: Mapping[str, str]) -> ObjectInfo:
     try:
         meta = obstore.head(store, url.key)
     except Exception as e:  # obstore's errors share no base class with a status
-        raise storage_error(e, url.url, "read") from e
+        error = storage_error(e, url.url, "read")
+        if url.cloud != "https" and "no such object" in error.message:
+            # A HEAD's 404 has no body: a listing tells a missing bucket from a missing key.
+            list_objects(url, url.key, options)
+        raise error from e
     return _info(url, meta)
 
 
