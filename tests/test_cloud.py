@@ -122,7 +122,7 @@ def cloud_job(
     path = directory / "job.toml"
     path.write_text(
         f'name = "cloud"\n[input]\npath = "{input_path}"\n{extra}'
-        f'[api]\nbase_url = "{base_url}"\nrate = "1000/second"\ntimeout_seconds = 5\n'
+        f'[api]\nbase_url = "{base_url}"\nrate = "1000/second"\ntimeout_seconds = 30\n'
         f'[output]\ndir = "{output or directory / "out"}"\n'
         + (f'staging_dir = "{directory / "staging"}"\n' if output else "")
     )

@@ -51,8 +51,8 @@ def excel_job(
     path = directory / "job.toml"
     path.write_text(
         f'name = "xl"\n[input]\npath = "{input_path}"\n{sheet_line}'
-        f'[api]\nbase_url = "{base_url}"\nrate = "1000/second"\ntimeout_seconds = 5\n'
-        "[retry]\nmax_attempts = 2\nbackoff_base_seconds = 0.01\nbackoff_max_seconds = 0.05\n"
+        f'[api]\nbase_url = "{base_url}"\nrate = "1000/second"\ntimeout_seconds = 30\n'
+        "[retry]\nmax_attempts = 6\nbackoff_base_seconds = 0.01\nbackoff_max_seconds = 0.05\n"
         f'[output]\ndir = "{directory / "out"}"\n'
     )
     return path
