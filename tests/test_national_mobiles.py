@@ -241,3 +241,13 @@ def test_validate_does_not_warn_with_a_country_code_or_full_numbers(tmp_path: Pa
         result = CliRunner().invoke(main, ["validate", str(job), "--output", str(out)])
         assert result.exit_code == 0, result.output
         assert "national" not in result.output
+
+
+def test_run_repeats_validates_warning_about_national_mobiles(tmp_path: Path) -> None:
+    job = _job(tmp_path, rows=["9800000001", "919800000002"])
+    job.write_text(job.read_text() + f'[output]\ndir = "{tmp_path / "out"}"\n')
+    result = CliRunner().invoke(main, ["run", str(job), "--quiet"])
+    text = " ".join(result.output.split())
+    assert "warning: 1 mobile looks national (10 digits)" in text
+    summary = json.loads((only_run_dir(tmp_path / "out", "t") / "summary.json").read_text())
+    assert summary["warnings"][0].startswith("1 mobile looks national (10 digits); the API")

@@ -122,6 +122,16 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path, console: Console) 
     where = org_text(summary.get("org"))
     if where:
         console.print(Text(where))
+    unmatched = summary.get("unmatched_answers") or 0
+    if unmatched:
+        console.print(
+            Text(
+                f"{unmatched:,} customers in answers matched no customer sent: their requests' "
+                "unanswered rows are retryable (see their note)"
+            )
+        )
+    for warning in summary.get("warnings") or []:
+        console.print(Text(f"warning: {warning}"))
     if summary.get("abort"):
         console.print(f"[bold red]Stopped:[/] {escape(str(summary['abort']))}")
     elif summary.get("stopped"):
