@@ -23,7 +23,15 @@ from batcher.cli import main
 from batcher.errors import JobError
 from batcher.input.cloud import glob_regex, missing_credentials, parse_url
 from batcher.job import load_job
-from tests.conftest import DEMO_ENV, Sim, clean_profile, mobile, only_run_dir, read_summary
+from tests.conftest import (
+    DEMO_ENV,
+    REPO,
+    Sim,
+    clean_profile,
+    mobile,
+    only_run_dir,
+    read_summary,
+)
 
 PROGRAMS = ["partner-01", "partner-02"]
 # Every variable that could lend credentials or a region from the machine running the tests.
@@ -328,3 +336,9 @@ def test_key_globs_stay_within_a_folder_unless_doubled() -> None:
     assert glob_regex("exports/**/pairs-*.csv").match("exports/pairs-1.csv")
     assert glob_regex("p-[!0]?.csv").match("p-1a.csv")
     assert not glob_regex("p-[!0]?.csv").match("p-0a.csv")
+
+
+def test_the_s3_example_job_is_a_valid_job() -> None:
+    job = load_job(REPO / "jobs/examples/s3.toml")
+    assert job.input.path.startswith("s3://") and job.output_url is not None
+    assert job.input.storage_options == {"aws_region": "eu-west-1"}

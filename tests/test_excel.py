@@ -19,7 +19,15 @@ from batcher.cli import main
 from batcher.errors import InputError
 from batcher.input.source import load_source
 from batcher.job import load_job
-from tests.conftest import DEMO_ENV, Sim, clean_profile, mobile, only_run_dir, read_summary
+from tests.conftest import (
+    DEMO_ENV,
+    REPO,
+    Sim,
+    clean_profile,
+    mobile,
+    only_run_dir,
+    read_summary,
+)
 
 HEADER = ["mobile", "partner_program_name", "region"]
 
@@ -235,3 +243,12 @@ def test_failures_and_rejects_of_a_workbook_are_workbooks_that_work_as_input(
     attempts = {(p["mobile"], p["program"]): p["attempts"] for p in snap["pairs"]}
     assert all(attempts[(m, "partner-02")] == 2 for m in unknown)
     assert all(attempts[(mobile(i), "partner-01")] == 1 for i in range(5))
+
+
+def test_the_excel_example_job_reads_its_workbook(tmp_path: Path) -> None:
+    job = REPO / "jobs/examples/excel.toml"
+    result = CliRunner().invoke(main, ["validate", str(job), "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    summary = read_summary(only_run_dir(tmp_path, "excel-example"))
+    assert summary["counts"] == {"valid": 24, "rejected": 1, "duplicate": 1}
+    assert summary["reasons"] == {"mobile_in_scientific_notation": 1}
