@@ -297,7 +297,7 @@ def retry_command(
     "--out",
     "out_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the merged outcomes here (.parquet or .csv).",
+    help="Write the merged outcomes here (.parquet, .csv or .xlsx).",
 )
 @_friendly_errors
 def report_command(run_dir: Path, out_path: Path | None) -> None:

@@ -342,3 +342,85 @@ def test_the_s3_example_job_is_a_valid_job() -> None:
     job = load_job(REPO / "jobs/examples/s3.toml")
     assert job.input.path.startswith("s3://") and job.output_url is not None
     assert job.input.storage_options == {"aws_region": "eu-west-1"}
+
+
+@pytest.fixture
+def web_folder(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A static file server on loopback (aiohttp: ranges and ETags, as a CDN or bucket has)."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    folder = tmp_path / "www"
+    folder.mkdir()
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_static("/", folder)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}", folder
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+    loop.close()
+
+
+def test_one_file_over_https_style_url_is_read_and_fingerprinted(
+    web_folder: tuple[str, Path], tmp_path: Path
+) -> None:
+    """http:// is allowed on loopback only; it takes the https:// path (no credentials)."""
+    base, folder = web_folder
+    pairs_frame(range(5)).write_csv(folder / "pairs.csv")
+    job = cloud_job(tmp_path, f"{base}/pairs.csv", "simulator")
+
+    result = CliRunner().invoke(main, ["validate", str(job)])
+
+    assert result.exit_code == 0, result.output
+    summary = read_summary(only_run_dir(tmp_path / "out", "cloud"))
+    (entry,) = summary["input"]["files"]
+    assert summary["input"]["rows"] == 10
+    assert entry["path"] == f"{base}/pairs.csv" and entry["etag"]
+    glob = cloud_job(tmp_path, f"{base}/pairs-*.csv", "simulator")
+    refused = CliRunner().invoke(main, ["validate", str(glob)])
+    assert refused.exit_code == 2 and "https:// names a single file" in refused.output
+
+
+def test_plain_http_to_another_host_is_refused(tmp_path: Path) -> None:
+    job = cloud_job(tmp_path, "http://example.com/pairs.csv", "simulator")
+    result = CliRunner().invoke(main, ["validate", str(job)])
+    assert result.exit_code == 2
+    assert "plain http to a non-loopback host" in result.output
+
+
+def test_an_excel_workbook_in_a_bucket(aws: dict[str, str], bucket: str, tmp_path: Path) -> None:
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.title = "Pairs"
+    sheet.append(["mobile", "partner_program_name"])
+    sheet.append([919800000001, "partner-01"])  # a number in Excel, its digits here
+    sheet.append(["919800000002", "partner-01"])
+    buffer = io.BytesIO()
+    book.save(buffer)
+    s3_client(aws["AWS_ENDPOINT_URL"]).put_object(
+        Bucket=bucket, Key="hand-off.xlsx", Body=buffer.getvalue()
+    )
+    job = cloud_job(
+        tmp_path, f"s3://{bucket}/hand-off.xlsx", "simulator", extra='sheet = "Pairs"\n'
+    )
+
+    result = CliRunner().invoke(main, ["validate", str(job)])
+
+    assert result.exit_code == 0, result.output
+    run_dir = only_run_dir(tmp_path / "out", "cloud")
+    preview = json.loads((run_dir / "plan-preview.json").read_text())
+    bodies = preview["first_requests"]
+    sent = [c["customer"]["mobile"] for body in bodies for c in body["deLinkCustomers"]]
+    assert sent == ["919800000001", "919800000002"]

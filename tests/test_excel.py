@@ -243,6 +243,12 @@ def test_failures_and_rejects_of_a_workbook_are_workbooks_that_work_as_input(
     attempts = {(p["mobile"], p["program"]): p["attempts"] for p in snap["pairs"]}
     assert all(attempts[(m, "partner-02")] == 2 for m in unknown)
     assert all(attempts[(mobile(i), "partner-01")] == 1 for i in range(5))
+    # One final answer per original row, as a workbook too.
+    final = tmp_path / "final.xlsx"
+    report = CliRunner().invoke(main, ["report", str(run_dir), "--out", str(final)])
+    assert report.exit_code == 0, report.output
+    merged = pl.read_excel(final, sheet_name="report", infer_schema_length=0)
+    assert merged.height == 10 and merged.get_column("mobile").to_list()[0] == mobile(0)
 
 
 def test_the_excel_example_job_reads_its_workbook(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ from typing import Literal
 
 import polars as pl
 
+from batcher.errors import BatcherError
+
 TableFormat = Literal["csv", "parquet", "xlsx"]
 # Excel's rows per sheet, the header included.
 XLSX_MAX_ROWS = 1_048_576
@@ -73,7 +75,10 @@ def _write_xlsx(data: pl.DataFrame, path: Path, sheet: str) -> Path:
     import xlsxwriter
 
     if data.height >= XLSX_MAX_ROWS:
-        raise ValueError(f"{data.height} rows do not fit in one Excel sheet")
+        raise BatcherError(
+            f"{data.height:,} rows do not fit in one Excel sheet (at most {XLSX_MAX_ROWS - 1:,}).",
+            hint="Write it as .parquet or .csv instead.",
+        )
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.close(fd)  # created owner-only; xlsxwriter writes into it by name

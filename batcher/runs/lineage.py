@@ -254,6 +254,7 @@ def report_counts(merged: pl.DataFrame) -> dict[str, int]:
 
 
 def write_merged(merged: pl.DataFrame, out: Path) -> Path:
-    fmt: Format = "csv" if out.suffix.lower() == ".csv" else "parquet"
+    suffix = out.suffix.lower()
+    fmt: Format = "csv" if suffix == ".csv" else "xlsx" if suffix == ".xlsx" else "parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
-    return write_table(merged, out, fmt)
+    return write_table(merged, out, fmt, sheet="report")
