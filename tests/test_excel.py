@@ -243,6 +243,12 @@ def test_failures_and_rejects_of_a_workbook_are_workbooks_that_work_as_input(
     attempts = {(p["mobile"], p["program"]): p["attempts"] for p in snap["pairs"]}
     assert all(attempts[(m, "partner-02")] == 2 for m in unknown)
     assert all(attempts[(mobile(i), "partner-01")] == 1 for i in range(5))
+    # A retry of the first run: its input is a workbook with the same sheet name.
+    retried = CliRunner().invoke(main, ["retry", str(run_dir), "--all", "--quiet"])
+    assert retried.exit_code == 1, retried.output
+    child = only_run_dir(tmp_path / "out", "xl")
+    assert read_summary(child)["input"]["rows"] == 3
+    assert pl.read_excel(child / "input.xlsx", sheet_name="Pairs").height == 3
     # One final answer per original row, as a workbook too.
     final = tmp_path / "final.xlsx"
     report = CliRunner().invoke(main, ["report", str(run_dir), "--out", str(final)])
