@@ -212,7 +212,9 @@ def merged_report(run_dir: Path) -> tuple[pl.DataFrame, list[str]]:
             if rid not in family and m.get("parent") in family:
                 family.append(rid)
                 changed = True
-    family.sort()  # run ids sort by start time: later answers win
+    # Later answers win: the root first, then its descendants by creation time (run ids start
+    # with the second only, so two runs of one second need the manifest's milliseconds).
+    family[1:] = sorted(family[1:], key=lambda rid: (str(runs[rid].get("created_at") or ""), rid))
     root_outcomes = run_dir.parent / root / "outcomes.parquet"
     if not root_outcomes.is_file():
         raise BatcherError(
