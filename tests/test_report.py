@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 
 from batcher.present.report import render_report
+from batcher.results.summary import RunSummary, from_json
 from tests.conftest import Sim, clean_profile, only_run_dir, run_cli, write_job, write_pairs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def summary_of(**overrides: Any) -> dict[str, Any]:
+def summary_of(**overrides: Any) -> RunSummary:
     base: dict[str, Any] = {
         "job": "demo",
         "run_id": "20260101T000000Z-abcd",
@@ -32,7 +33,7 @@ def summary_of(**overrides: Any) -> dict[str, Any]:
         "settings": {"name": "demo", "api": {"rate": "20/second", "password": "hunter2"}},
         "exit_code": 1,
     }
-    return {**base, **overrides}
+    return from_json(RunSummary, {**base, **overrides})
 
 
 def test_values_from_data_are_escaped() -> None:

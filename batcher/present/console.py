@@ -14,15 +14,17 @@ from rich.text import Text
 from batcher.present.logs import mask_text
 from batcher.present.progress import clock
 from batcher.results.outcomes import STATUSES
+from batcher.results.summary import RunSummary
+from batcher.runs.rundir import RunDir
 
 if TYPE_CHECKING:
     from batcher.runs.preflight import PlanPreview
 
 
-def next_step(summary: dict[str, Any], run_dir: Path) -> str | None:
+def next_step(summary: RunSummary, run_dir: Path) -> str | None:
     """The exact command to run next when something is left to do."""
-    counts = summary.get("counts", {})
-    if summary.get("stopped"):
+    counts = summary.counts
+    if summary.stopped:
         return f"batcher resume {shlex.quote(str(run_dir))}"
     if counts.get("retryable") or counts.get("failed"):
         flag = " --all" if counts.get("failed") and not counts.get("retryable") else ""
@@ -79,11 +81,11 @@ def print_plan_preview(preview: PlanPreview, console: Console) -> None:
     )
 
 
-def print_run_summary(summary: dict[str, Any], run_dir: Path, console: Console) -> None:
-    rows = summary["input"]["rows"]
-    counts = summary["counts"]
+def print_run_summary(summary: RunSummary, run_dir: Path, console: Console) -> None:
+    rows = summary.input.rows
+    counts = summary.counts
     # Job names, API messages and paths are data: rendered as Text so `[` is never markup.
-    table = Table(title=Text(f"{summary['job']} · run {summary['run_id']}"), title_justify="left")
+    table = Table(title=Text(f"{summary.job} · run {summary.run_id}"), title_justify="left")
     table.add_column("status")
     table.add_column("rows", justify="right")
     table.add_column("share", justify="right")
@@ -94,7 +96,7 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path, console: Console) 
     table.add_row("total", f"{sum(counts.values()):,}", "100%" if rows else "-", style="bold")
     console.print(table)
 
-    codes = summary.get("codes") or []
+    codes = summary.codes
     if codes:
         ct = Table(title="top API codes", title_justify="left")
         ct.add_column("code", justify="right")
@@ -110,19 +112,19 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path, console: Console) 
             )
         console.print(ct)
 
-    quota = summary.get("quota_requests_per_second") or 0
-    achieved = summary.get("achieved_requests_per_second") or 0
+    quota = summary.quota_requests_per_second
+    achieved = summary.achieved_requests_per_second
     use = f" ({100 * achieved / quota:.0f}% of the quota)" if quota else ""
     console.print(
-        f"requests {summary.get('requests_sent', 0):,} · throttled {summary.get('throttled', 0):,}"
-        f" · retries {summary.get('retries', 0):,} · splits {summary.get('splits', 0):,}"
+        f"requests {summary.requests_sent:,} · throttled {summary.throttled:,}"
+        f" · retries {summary.retries:,} · splits {summary.splits:,}"
         f" · {achieved:.1f} req/s vs quota {quota:.1f}/s{use}"
-        f" · elapsed {summary.get('elapsed_seconds', 0):.1f} s"
+        f" · elapsed {summary.elapsed_seconds:.1f} s"
     )
-    where = org_text(summary.get("org"))
+    where = org_text(summary.org)
     if where:
         console.print(Text(where))
-    unmatched = summary.get("unmatched_answers") or 0
+    unmatched = summary.unmatched_answers
     if unmatched:
         console.print(
             Text(
@@ -130,19 +132,20 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path, console: Console) 
                 "unanswered rows are retryable (see their note)"
             )
         )
-    for warning in summary.get("warnings") or []:
+    for warning in summary.warnings:
         console.print(Text(f"warning: {warning}"))
-    if summary.get("abort"):
-        console.print(f"[bold red]Stopped:[/] {escape(str(summary['abort']))}")
-    elif summary.get("stopped"):
-        console.print(f"[bold yellow]Stopped:[/] {escape(str(summary['stopped']))}")
+    if summary.abort:
+        console.print(f"[bold red]Stopped:[/] {escape(summary.abort)}")
+    elif summary.stopped:
+        console.print(f"[bold yellow]Stopped:[/] {escape(summary.stopped)}")
     console.print(Text(f"files: {run_dir}"))
-    names = [Path(p).name for p in (summary.get("files") or {}).values() if p]
-    if (run_dir / "report.html").exists():
-        names.append("report.html")
+    names = [Path(p).name for p in summary.files.values() if p]
+    report = RunDir(run_dir).report_path
+    if report.exists():
+        names.append(report.name)
     if names:
         console.print(Text("  " + ", ".join(names)))
     step = next_step(summary, run_dir)
     if step:
         console.print(f"next: [bold]{escape(step)}[/]")
-    console.print(f"exit code {summary['exit_code']}")
+    console.print(f"exit code {summary.exit_code}")

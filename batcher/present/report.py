@@ -15,8 +15,7 @@ from typing import Any
 from batcher.present import logs
 from batcher.present.console import org_text
 from batcher.results.outcomes import STATUSES
-
-REPORT_NAME = "report.html"
+from batcher.results.summary import RunSummary
 
 CHART_W, CHART_H = 1000, 260
 PAD_L, PAD_R, PAD_T, PAD_B = 56, 16, 16, 40
@@ -130,51 +129,50 @@ def _flatten(settings: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]
     return rows
 
 
-def render_report(summary: dict[str, Any]) -> str:
+def render_report(summary: RunSummary) -> str:
     """The whole page as a string."""
-    counts: dict[str, int] = summary.get("counts") or {}
-    rows = int((summary.get("input") or {}).get("rows") or sum(counts.values()) or 0)
-    quota = float(summary.get("quota_requests_per_second") or 0.0)
-    achieved = float(summary.get("achieved_requests_per_second") or 0.0)
-    settings = copy.deepcopy(summary.get("settings") or {})
+    counts = summary.counts
+    rows = summary.input.rows or sum(counts.values())
+    quota = summary.quota_requests_per_second
+    achieved = summary.achieved_requests_per_second
+    settings = copy.deepcopy(summary.settings)
     logs.scrub_secrets(settings)
 
     out: list[str] = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>batcher · {esc(summary.get('job'))} · {esc(summary.get('run_id'))}</title>",
+        f"<title>batcher · {esc(summary.job)} · {esc(summary.run_id)}</title>",
         f"<style>{CSS}</style></head><body>",
-        f"<h1>{esc(summary.get('job'))} <span class='muted'>run {esc(summary.get('run_id'))}"
-        "</span></h1>",
-        f"<p class='muted'>{esc(summary.get('command', 'run'))} · started"
-        f" {esc(summary.get('started_at'))} · finished {esc(summary.get('finished_at'))}"
-        + (f" · resumed from {esc(summary['parent'])}" if summary.get("parent") else "")
-        + f" · exit code {esc(summary.get('exit_code'))}</p>",
+        f"<h1>{esc(summary.job)} <span class='muted'>run {esc(summary.run_id)}</span></h1>",
+        f"<p class='muted'>{esc(summary.command)} · started"
+        f" {esc(summary.started_at)} · finished {esc(summary.finished_at)}"
+        + (f" · resumed from {esc(summary.parent)}" if summary.parent else "")
+        + f" · exit code {esc(summary.exit_code)}</p>",
     ]
-    where = org_text(summary.get("org"))
+    where = org_text(summary.org)
     if where:
         out.append(f"<p id='org'><b>Where:</b> {esc(where)}</p>")
-    if summary.get("abort"):
-        out.append(f"<p class='bad'><b>Stopped:</b> {esc(summary['abort'])}</p>")
-    elif summary.get("stopped"):
-        out.append(f"<p class='warn'><b>Stopped:</b> {esc(summary['stopped'])}</p>")
+    if summary.abort:
+        out.append(f"<p class='bad'><b>Stopped:</b> {esc(summary.abort)}</p>")
+    elif summary.stopped:
+        out.append(f"<p class='warn'><b>Stopped:</b> {esc(summary.stopped)}</p>")
 
     cards = [
         ("rows", _number(rows)),
         ("delinked", _number(counts.get("delinked", 0))),
-        ("requests", _number(summary.get("requests_sent", 0))),
-        ("throttled", _number(summary.get("throttled", 0))),
-        ("retries", _number(summary.get("retries", 0))),
-        ("splits", _number(summary.get("splits", 0))),
+        ("requests", _number(summary.requests_sent)),
+        ("throttled", _number(summary.throttled)),
+        ("retries", _number(summary.retries)),
+        ("splits", _number(summary.splits)),
         ("req/s vs quota", f"{achieved:.1f} / {quota:.1f}"),
-        ("elapsed", f"{float(summary.get('elapsed_seconds') or 0):.1f} s"),
+        ("elapsed", f"{summary.elapsed_seconds:.1f} s"),
     ]
     out.append("<h2>Summary</h2><div class='cards'>")
     out += [f"<div class='card'><b>{v}</b>{esc(k)}</div>" for k, v in cards]
     out.append("</div>")
 
     out.append("<h2>Requests and throttles over time</h2>")
-    out.append(chart_svg(list(summary.get("timeline") or []), quota))
+    out.append(chart_svg(list(summary.timeline), quota))
 
     out.append("<h2>Outcomes by status</h2><table><tr><th>status</th><th class='n'>rows</th>")
     out.append("<th class='n'>share</th><th></th></tr>")
@@ -189,7 +187,7 @@ def render_report(summary: dict[str, Any]) -> str:
         )
     out.append("</table>")
 
-    codes = summary.get("codes") or []
+    codes = summary.codes
     out.append("<h2>Outcomes by API code</h2>")
     if codes:
         out.append(
@@ -205,13 +203,13 @@ def render_report(summary: dict[str, Any]) -> str:
         out.append("</table>")
     else:
         out.append("<p class='muted'>No answers from the API.</p>")
-    if summary.get("reasons"):
+    if summary.reasons:
         out.append("<h2>Rejected rows by reason</h2><table>")
-        for reason, n in summary["reasons"].items():
+        for reason, n in summary.reasons.items():
             out.append(f"<tr><td>{esc(reason)}</td><td class='n'>{_number(n)}</td></tr>")
         out.append("</table>")
 
-    latency = summary.get("latency_ms") or {}
+    latency = summary.latency_ms
     out.append("<h2>Latency (ms)</h2>")
     if latency:
         out.append("<table><tr>" + "".join(f"<th class='n'>{esc(k)}</th>" for k in latency))
@@ -221,7 +219,7 @@ def render_report(summary: dict[str, Any]) -> str:
     else:
         out.append("<p class='muted'>No requests were answered.</p>")
 
-    by_status = summary.get("responses_by_status") or {}
+    by_status = summary.responses_by_status
     if by_status:
         out.append("<h2>HTTP answers</h2><table>")
         for status, n in by_status.items():
@@ -233,7 +231,7 @@ def render_report(summary: dict[str, Any]) -> str:
         out.append(f"<tr><td><code>{esc(key)}</code></td><td>{esc(value)}</td></tr>")
     out.append("</table>")
 
-    files = summary.get("files") or {}
+    files = summary.files
     if files:
         out.append("<h2>Files</h2><table>")
         for name, path in files.items():
@@ -244,9 +242,8 @@ def render_report(summary: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def write_report(summary: dict[str, Any], run_dir: Path) -> Path:
-    """Write `report.html` into the run folder (owner-only, like everything there)."""
-    path = run_dir / REPORT_NAME
+def write_report(summary: RunSummary, path: Path) -> Path:
+    """Write the run's report.html (owner-only, like everything in a run folder)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(render_report(summary), encoding="utf-8")
     tmp.replace(path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import shutil
 import signal
 import time
@@ -21,11 +20,10 @@ from batcher.input.files import input_location
 from batcher.input.source import Source, load_source
 from batcher.input.tables import write_table
 from batcher.job import Job
-from batcher.plan import build_plan
+from batcher.plan import Plan, build_plan
 from batcher.present import logs
 from batcher.present.report import write_report
 from batcher.results.outcomes import (
-    JOURNAL_NAME,
     Journal,
     Status,
     assemble_outcomes,
@@ -36,10 +34,11 @@ from batcher.results.outcomes import (
     summarise_counts,
     utc_now,
 )
+from batcher.results.summary import RunSummary
 from batcher.runs.lock import RunLock, api_key_lock, holding, job_lock
 from batcher.runs.preflight import Confirm, preflight
-from batcher.runs.rundir import create_run_dir, new_run_id, write_json
-from batcher.runs.validate import plan_summary, write_rejects
+from batcher.runs.rundir import Manifest, ManifestInput, PlanParameters, RunDir, new_run_id
+from batcher.runs.validate import input_file_facts, plan_summary, write_rejects
 from batcher.send.auth import Authenticator, Credentials, OrgGuard, credentials_from_env
 from batcher.send.sender import Sender
 from batcher.send.session import make_session
@@ -51,16 +50,30 @@ if TYPE_CHECKING:
 log = structlog.get_logger("batcher.runs.execute")
 
 EXIT_STOPPED = 3
-MANIFEST_NAME = "manifest.json"
 CONFIRMED = (Status.DELINKED.value, Status.NOT_LINKED.value, Status.FAILED.value)
 
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
-    run_id: str
+    """How a run ended: its folder, exit code and summary (as written to summary.json)."""
+
     run_dir: Path
     exit_code: int
-    summary: dict[str, Any]
+    summary: RunSummary
+
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Rows per status, as in summary.json."""
+        return self.summary.counts
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the run stopped early (exit 3); None when it finished."""
+        return self.summary.stopped
 
 
 def resolve_credentials(job: Job, profile: Profile | None) -> Credentials:
@@ -146,6 +159,45 @@ def _plan_input(source: Source, confirmed: pl.DataFrame | None) -> pl.DataFrame:
     return pairs
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A run ready to send: its folder and records on disk, its plan, what earlier runs did."""
+
+    job: Job
+    profile: Profile | None
+    credentials: Credentials
+    source: Source
+    folder: RunDir
+    command: str  # run | resume | retry
+    parent: str | None
+    plan: Plan
+    maybe_sent: set[tuple[str, str]]
+    rejects_path: Path | None
+    started_at: str
+    started_monotonic: float
+
+    def started_fields(self) -> dict[str, Any]:
+        """The `run.started` event's figures (it is logged once the org is known)."""
+        return {
+            "rows": self.source.row_count,
+            "pairs": self.plan.pairs.height,
+            "requests": self.plan.requests,
+            "quota": str(self.job.api.quota),
+            "expected_send_s": round(self.job.api.quota.seconds_for(self.plan.requests), 1),
+            "resumed": self.command == "resume",
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What sending did: the live figures, why it stopped early (None: it did not), the org."""
+
+    stats: RunStats
+    stop_reason: str | None
+    abort: RunStopped | None
+    org: OrgGuard
+
+
 def execute(
     job: Job,
     *,
@@ -176,19 +228,26 @@ def execute(
     preflight(job, source, confirm)
     run_id = run_dir.name if run_dir is not None else new_run_id()
     holder = {"job": job.name, "run_id": run_id}
-    with holding(run_locks(job, credentials), holder, wait=wait_for_lock) as stale:
-        return _execute_locked(
-            job,
-            profile,
-            credentials,
-            source,
-            run_id,
-            run_dir,
-            parent,
-            progress,
-            stale,
-            maybe_sent or set(),
-        )
+    with holding(run_locks(job, credentials), holder, wait=wait_for_lock) as stale_locks:
+        folder = RunDir(run_dir) if run_dir is not None else RunDir.create(job, run_id)
+        logs.bind(job=job.name, run_id=folder.run_id)
+        logs.open_run_log(folder.log_path, credentials.secrets())
+        try:
+            for stale in stale_locks:
+                log.warning(
+                    "run.lock_taken_over",
+                    lock=stale.get("lock"),
+                    previous_job=stale.get("job"),
+                    previous_pid=stale.get("pid"),
+                    previous_run_id=stale.get("run_id"),
+                    previous_started_at=stale.get("started_at"),
+                )
+            prepared = prepare(
+                job, profile, credentials, source, folder, parent, maybe_sent or set()
+            )
+            return finish(prepared, send(prepared, progress))
+        finally:
+            logs.close_run_log()
 
 
 def run_locks(job: Job, credentials: Credentials) -> list[RunLock]:
@@ -200,176 +259,168 @@ def run_locks(job: Job, credentials: Credentials) -> list[RunLock]:
     return locks
 
 
-def _execute_locked(
+def prepare(
     job: Job,
     profile: Profile | None,
     credentials: Credentials,
     source: Source,
-    run_id: str,
-    run_dir: Path | None,
+    folder: RunDir,
     parent: str | None,
-    progress: Any,
-    stale_locks: list[dict[str, Any]],
     inherited_maybe_sent: set[tuple[str, str]],
-) -> RunResult:
-    resuming = run_dir is not None and (run_dir / MANIFEST_NAME).is_file()
-    if run_dir is None:
-        run_id, run_dir = create_run_dir(job, run_id)
-    logs.bind(job=job.name, run_id=run_id)
-    logs.open_run_log(run_dir / "run.log.jsonl", credentials.secrets())
+) -> Prepared:
+    """Record the run (job copy, manifest), read what a resumed run confirmed, plan the rest."""
     started_at = utc_now()
     t0 = time.monotonic()
-    try:
-        for stale in stale_locks:
-            log.warning(
-                "run.lock_taken_over",
-                lock=stale.get("lock"),
-                previous_job=stale.get("job"),
-                previous_pid=stale.get("pid"),
-                previous_run_id=stale.get("run_id"),
-                previous_started_at=stale.get("started_at"),
-            )
-        if not resuming:
-            shutil.copyfile(job.path, run_dir / "job.toml")
-            write_json(run_dir / MANIFEST_NAME, _manifest(job, run_id, source, parent))
-        journal_path = run_dir / JOURNAL_NAME
-        confirmed = None
-        maybe_sent = set(inherited_maybe_sent)
-        if resuming:
-            done = read_journal(journal_path)
-            confirmed = done.filter(pl.col("s").is_in(CONFIRMED))
-            maybe_sent |= read_intents(journal_path) - set(
-                zip(confirmed["cu"].to_list(), confirmed["pr"].to_list(), strict=True)
-            )
-            log.info(
-                "run.resumed", confirmed_pairs=confirmed.height, maybe_sent_pairs=len(maybe_sent)
-            )
-        rejects_path = write_rejects(source, run_dir)
-        plan = build_plan(
-            _plan_input(source, confirmed),
-            job.api.customers_per_request,
-            job.api.programs_per_customer,
+    resuming = folder.has_manifest()
+    if resuming:
+        parent = folder.read_manifest().parent
+    else:
+        shutil.copyfile(job.path, folder.job_copy_path)
+        folder.write_manifest(_manifest(job, folder.run_id, source, parent))
+    confirmed = None
+    maybe_sent = set(inherited_maybe_sent)
+    if resuming:
+        done = read_journal(folder.journal_path)
+        confirmed = done.filter(pl.col("s").is_in(CONFIRMED))
+        maybe_sent |= read_intents(folder.journal_path) - set(
+            zip(confirmed["cu"].to_list(), confirmed["pr"].to_list(), strict=True)
         )
-        started = {
-            "rows": source.row_count,
-            "pairs": plan.pairs.height,
-            "requests": plan.requests,
-            "quota": str(job.api.quota),
-            "expected_send_s": round(job.api.quota.seconds_for(plan.requests), 1),
-            "resumed": resuming,
-        }
-        # `run.started` names the org the run acts on, so it waits until the org is known:
-        # from the OAuth token, or from the first answer (Basic auth's canary).
-        org = OrgGuard(
-            job.api.expect_org_id,
-            on_settled=lambda o: log.info(
-                "run.started", **started, org_id=o.org_id, till=o.till, org_seen_in=o.seen_in
-            ),
-        )
-        journal = Journal(journal_path)
-        stats = RunStats(pairs_total=plan.pairs.height, requests_planned=plan.requests)
-        sender = Sender(
-            job,
-            plan.iter_requests(job.input.identifier),
-            journal,
-            stats=stats,
-            maybe_sent=maybe_sent,
-            org=org,
-        )
-        interrupted_hard = False
-        try:
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                runner.run(
-                    _run_with_progress(
-                        job,
-                        profile,
-                        credentials,
-                        sender,
-                        org,
-                        progress,
-                        (journal, stats, lambda: sender.pacer.state),
-                    )
-                )
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            interrupted_hard = True
-        finally:
-            journal.close()
+        log.info("run.resumed", confirmed_pairs=confirmed.height, maybe_sent_pairs=len(maybe_sent))
+    rejects_path = write_rejects(source, folder)
+    plan = build_plan(
+        _plan_input(source, confirmed),
+        job.api.customers_per_request,
+        job.api.programs_per_customer,
+    )
+    return Prepared(
+        job=job,
+        profile=profile,
+        credentials=credentials,
+        source=source,
+        folder=folder,
+        command="resume" if resuming else ("retry" if parent else "run"),
+        parent=parent,
+        plan=plan,
+        maybe_sent=maybe_sent,
+        rejects_path=rejects_path,
+        started_at=started_at,
+        started_monotonic=t0,
+    )
 
-        abort: RunStopped | None = None
-        if interrupted_hard:
-            stop_reason: str | None = "interrupted twice: stopped at once"
-        else:
-            stop_reason, abort = sender.stop_reason, sender.abort
-        unsent = f"not sent: the run stopped ({stop_reason})" if stop_reason else None
-        outcomes = assemble_outcomes(
-            source.rows, read_journal(journal_path), source.columns, unsent
-        )
-        outcomes.write_parquet(run_dir / "outcomes.parquet")
-        failures = outcomes.filter(pl.col("status").is_in(["failed", "retryable"]))
-        failures_path = run_dir / f"failures.{source.format}"
-        write_table(
-            failures.select(*source.columns, "status", "code", "message"),
-            failures_path,
-            source.format,
-            sheet=source.sheet,
-        )
-        counts = summarise_counts(outcomes)
-        if abort is not None:
-            exit_code = abort.exit_code  # 2 when refused before anything was sent
-        else:
-            exit_code = EXIT_STOPPED if stop_reason else exit_code_for(counts)
-        elapsed_s = time.monotonic() - t0
-        send_s = stats.elapsed_s() if stats.requests else 0.0
-        summary = plan_summary(job, run_id, source, plan.figures)
-        summary.update(
-            {
-                "command": "resume" if resuming else ("retry" if parent else "run"),
-                "parent": parent or _manifest_parent(run_dir),
-                "started_at": started_at,
-                "finished_at": utc_now(),
-                # Validate's counts (valid, rejected, duplicate) stay, under their own key.
-                "validation": summary["counts"],
-                "counts": counts,
-                "codes": codes_table(outcomes),
-                "requests_sent": stats.requests,
-                "responses_by_status": {str(k): v for k, v in sorted(stats.responses.items())},
-                "throttled": stats.throttles,
-                "retries": stats.retries,
-                "splits": stats.splits,
-                "transport_errors": stats.transport_errors,
-                "token_refreshes": stats.token_refreshes,
-                "elapsed_seconds": round(elapsed_s, 3),
-                "send_seconds": round(send_s, 3),
-                "achieved_requests_per_second": round(stats.requests / send_s, 3)
-                if send_s
-                else 0.0,
-                "quota_requests_per_second": round(job.api.quota.rate_per_s, 3),
-                "latency_ms": _percentiles(stats.latencies_ms),
-                "timeline": [
-                    {"second": s, "requests": v[0], "throttled": v[1]}
-                    for s, v in sorted(stats.timeline.items())
-                ],
-                # Where the run acted: the org and till the API reported (token or headers).
-                "org": org.as_json(),
-                "stopped": stop_reason,
-                "abort": abort.message if abort else None,
-                "exit_code": exit_code,
-                "files": {
-                    "outcomes": str(run_dir / "outcomes.parquet"),
-                    "failures": str(failures_path),
-                    "rejects": str(rejects_path) if rejects_path else None,
-                    "summary": str(run_dir / "summary.json"),
-                    "log": str(run_dir / "run.log.jsonl"),
-                },
-            }
-        )
-        assert sum(counts.values()) == source.row_count, "every row has exactly one outcome"
-        write_json(run_dir / "summary.json", summary)
-        write_report(summary, run_dir)
-        log.info("run.finished", counts=counts, exit_code=exit_code, elapsed_s=round(elapsed_s, 3))
-        return RunResult(run_id, run_dir, exit_code, summary)
+
+def send(prepared: Prepared, progress: Any = None) -> Sent:
+    """Send the plan through the quota, journalling every answer; handles interrupts."""
+    job = prepared.job
+    started = prepared.started_fields()
+    # `run.started` names the org the run acts on, so it waits until the org is known:
+    # from the OAuth token, or from the first answer (Basic auth's canary).
+    org = OrgGuard(
+        job.api.expect_org_id,
+        on_settled=lambda o: log.info(
+            "run.started", **started, org_id=o.org_id, till=o.till, org_seen_in=o.seen_in
+        ),
+    )
+    journal = Journal(prepared.folder.journal_path)
+    stats = RunStats(
+        pairs_total=prepared.plan.pairs.height, requests_planned=prepared.plan.requests
+    )
+    sender = Sender(
+        job,
+        prepared.plan.iter_requests(job.input.identifier),
+        journal,
+        stats=stats,
+        maybe_sent=prepared.maybe_sent,
+        org=org,
+    )
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(
+                _run_with_progress(
+                    job,
+                    prepared.profile,
+                    prepared.credentials,
+                    sender,
+                    org,
+                    progress,
+                    (journal, stats, lambda: sender.pacer.state),
+                )
+            )
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return Sent(stats, "interrupted twice: stopped at once", None, org)
     finally:
-        logs.close_run_log()
+        journal.close()
+    return Sent(stats, sender.stop_reason, sender.abort, org)
+
+
+def finish(prepared: Prepared, sent: Sent) -> RunResult:
+    """Assemble one outcome per row from the journal; write outcomes, failures, summary, report."""
+    job, source, folder = prepared.job, prepared.source, prepared.folder
+    stats, stop_reason = sent.stats, sent.stop_reason
+    unsent = f"not sent: the run stopped ({stop_reason})" if stop_reason else None
+    outcomes = assemble_outcomes(
+        source.rows, read_journal(folder.journal_path), source.columns, unsent
+    )
+    outcomes.write_parquet(folder.outcomes_path)
+    failures = outcomes.filter(pl.col("status").is_in(["failed", "retryable"]))
+    failures_path = folder.failures_path(source.format)
+    write_table(
+        failures.select(*source.columns, "status", "code", "message"),
+        failures_path,
+        source.format,
+        sheet=source.sheet,
+    )
+    counts = summarise_counts(outcomes)
+    if sent.abort is not None:
+        exit_code = sent.abort.exit_code  # 2 when refused before anything was sent
+    else:
+        exit_code = EXIT_STOPPED if stop_reason else exit_code_for(counts)
+    elapsed_s = time.monotonic() - prepared.started_monotonic
+    send_s = stats.elapsed_s() if stats.requests else 0.0
+    validated = plan_summary(job, folder.run_id, source, prepared.plan.figures)
+    head = validated.plan_fields()
+    head["counts"] = counts  # validate's counts (valid, rejected, duplicate) go under `validation`
+    summary = RunSummary(
+        **head,
+        command=prepared.command,
+        parent=prepared.parent,
+        started_at=prepared.started_at,
+        finished_at=utc_now(),
+        validation=validated.counts,
+        codes=codes_table(outcomes),
+        requests_sent=stats.requests,
+        responses_by_status={str(k): v for k, v in sorted(stats.responses.items())},
+        throttled=stats.throttles,
+        retries=stats.retries,
+        splits=stats.splits,
+        transport_errors=stats.transport_errors,
+        token_refreshes=stats.token_refreshes,
+        elapsed_seconds=round(elapsed_s, 3),
+        send_seconds=round(send_s, 3),
+        achieved_requests_per_second=round(stats.requests / send_s, 3) if send_s else 0.0,
+        quota_requests_per_second=round(job.api.quota.rate_per_s, 3),
+        latency_ms=_percentiles(stats.latencies_ms),
+        timeline=[
+            {"second": s, "requests": v[0], "throttled": v[1]}
+            for s, v in sorted(stats.timeline.items())
+        ],
+        # Where the run acted: the org and till the API reported (token or headers).
+        org=sent.org.as_json(),
+        stopped=stop_reason,
+        abort=sent.abort.message if sent.abort else None,
+        exit_code=exit_code,
+        files={
+            "outcomes": str(folder.outcomes_path),
+            "failures": str(failures_path),
+            "rejects": str(prepared.rejects_path) if prepared.rejects_path else None,
+            "summary": str(folder.summary_path),
+            "log": str(folder.log_path),
+        },
+    )
+    assert sum(counts.values()) == source.row_count, "every row has exactly one outcome"
+    folder.write_summary(summary)
+    write_report(summary, folder.report_path)
+    log.info("run.finished", counts=counts, exit_code=exit_code, elapsed_s=round(elapsed_s, 3))
+    return RunResult(folder.path, exit_code, summary)
 
 
 async def _run_with_progress(
@@ -409,37 +460,29 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": round(ordered[-1], 2)}
 
 
-def _manifest(job: Job, run_id: str, source: Source, parent: str | None) -> dict[str, Any]:
+def _manifest(job: Job, run_id: str, source: Source, parent: str | None) -> Manifest:
     """What a resume needs: the job as it was, the inputs' fingerprints, the plan's parameters."""
-    return {
-        "run_id": run_id,
-        "job": job.name,
-        "job_file": str(job.path),
-        "parent": parent,
-        "created_at": utc_now(),
-        "settings": job.settings_for_display(),
-        "input": {
-            "pattern": input_location(job),
-            "columns": source.columns,
-            "format": source.format,
-            "files": [f.to_json() for f in source.files],
-            "rows": source.row_count,
-            "sheet": source.sheet,
-        },
-        "output_dir": str(job.output_dir),
-        "output_url": job.output_url,
-        "base_url": job.api.base_url,
-        "plan": {
-            "identifier": job.input.identifier,
-            "customers_per_request": job.api.customers_per_request,
-            "programs_per_customer": job.api.programs_per_customer,
-        },
-    }
-
-
-def _manifest_parent(run_dir: Path) -> str | None:
-    try:
-        parent = json.loads((run_dir / MANIFEST_NAME).read_text()).get("parent")
-    except (OSError, ValueError):
-        return None
-    return parent if isinstance(parent, str) else None
+    return Manifest(
+        run_id=run_id,
+        job=job.name,
+        job_file=str(job.path),
+        parent=parent,
+        created_at=utc_now(),
+        settings=job.settings_for_display(),
+        input=ManifestInput(
+            pattern=input_location(job),
+            columns=source.columns,
+            format=source.format,
+            files=input_file_facts(source),
+            rows=source.row_count,
+            sheet=source.sheet,
+        ),
+        output_dir=str(job.output_dir),
+        output_url=job.output_url,
+        base_url=job.api.base_url,
+        plan=PlanParameters(
+            identifier=job.input.identifier,
+            customers_per_request=job.api.customers_per_request,
+            programs_per_customer=job.api.programs_per_customer,
+        ),
+    )

@@ -6,17 +6,17 @@ and is listed as such rather than hidden, because that is the one an operator mu
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from batcher.errors import BatcherError
 from batcher.results.outcomes import STATUSES
+from batcher.results.summary import ValidateSummary
+from batcher.runs.rundir import Manifest, RunDir
 
-SUMMARY_NAME = "summary.json"
-MANIFEST_NAME = "manifest.json"
 _RUN_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]+$")  # see rundir.new_run_id
 
 
@@ -34,15 +34,7 @@ class PastRun:
     parent: str | None
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _duration_s(started_at: Any, finished_at: Any) -> float | None:
+def _duration_s(started_at: str | None, finished_at: str | None) -> float | None:
     try:
         start = datetime.fromisoformat(str(started_at).replace("Z", "+00:00"))
         end = datetime.fromisoformat(str(finished_at).replace("Z", "+00:00"))
@@ -53,31 +45,41 @@ def _duration_s(started_at: Any, finished_at: Any) -> float | None:
 
 def read_run(path: Path, job: str | None = None) -> PastRun | None:
     """One run folder as a PastRun; None when the folder is not a run (or is validate's)."""
-    summary = _read_json(path / SUMMARY_NAME)
-    manifest = _read_json(path / MANIFEST_NAME) or {}
-    if summary is None and not manifest and not _RUN_ID_RE.match(path.name):
+    folder = RunDir(path)
+    summary = folder.read_summary()
+    try:
+        manifest: Manifest | None = folder.read_manifest()
+    except BatcherError:
+        manifest = None
+    if summary is None and manifest is None and not _RUN_ID_RE.match(path.name):
         return None
-    if summary is not None and summary.get("command") not in (None, "run", "resume", "retry"):
+    if isinstance(summary, ValidateSummary):
         return None  # validate's folder: a plan, not a run
-    info = summary or manifest
-    counts = (summary or {}).get("counts") or {}
+    if summary is not None:
+        return PastRun(
+            job=summary.job or job or path.parent.name,
+            run_id=summary.run_id or path.name,
+            path=path,
+            finished=True,
+            command=summary.command,
+            started_at=summary.started_at or (manifest.created_at if manifest else None),
+            duration_s=summary.elapsed_seconds
+            or _duration_s(summary.started_at, summary.finished_at),
+            counts={s: int(summary.counts.get(s, 0)) for s in STATUSES},
+            exit_code=summary.exit_code,
+            parent=summary.parent or (manifest.parent if manifest else None),
+        )
     return PastRun(
-        job=str(info.get("job") or job or path.parent.name),
-        run_id=str(info.get("run_id") or path.name),
+        job=(manifest.job if manifest else None) or job or path.parent.name,
+        run_id=(manifest.run_id if manifest else None) or path.name,
         path=path,
-        finished=summary is not None,
-        command=(summary or {}).get("command"),
-        started_at=(summary or {}).get("started_at") or manifest.get("created_at"),
-        duration_s=(
-            summary.get("elapsed_seconds")
-            if summary and summary.get("elapsed_seconds") is not None
-            else _duration_s(summary.get("started_at"), summary.get("finished_at"))
-            if summary
-            else None
-        ),
-        counts={s: int(counts.get(s, 0)) for s in STATUSES},
-        exit_code=(summary or {}).get("exit_code"),
-        parent=(summary or {}).get("parent") or manifest.get("parent"),
+        finished=False,
+        command=None,
+        started_at=manifest.created_at if manifest else None,
+        duration_s=None,
+        counts={s: 0 for s in STATUSES},
+        exit_code=None,
+        parent=manifest.parent if manifest else None,
     )
 
 

@@ -7,10 +7,9 @@ from, so `report` can give one final answer per original input row.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 import structlog
@@ -19,52 +18,33 @@ from batcher.errors import BatcherError, InputError
 from batcher.input.files import Format, fingerprint_inputs
 from batcher.input.tables import write_table
 from batcher.job import Job, load_job
-from batcher.results.outcomes import (
-    ANSWER_COLUMNS,
-    JOURNAL_NAME,
-    STATUSES,
-    Status,
-    unconfirmed_sends,
-)
-from batcher.runs.execute import MANIFEST_NAME, RunResult, execute
-from batcher.runs.rundir import create_run_dir, job_output_dir
+from batcher.results.outcomes import ANSWER_COLUMNS, STATUSES, Status, unconfirmed_sends
+from batcher.runs.execute import RunResult, execute
+from batcher.runs.rundir import Manifest, RunDir, job_output_dir
 
 log = structlog.get_logger("batcher.runs.lineage")
-ORIGIN_NAME = "origin.parquet"
 
 
-def read_manifest(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BatcherError(
-            f"{run_dir} is not a run folder of batcher (it has no {MANIFEST_NAME}).",
-            hint="Pass a folder such as output/<job>/<run id>; `batcher runs JOB` lists them.",
-        ) from None
-    except (OSError, ValueError) as e:
-        raise BatcherError(f"Cannot read {path}: {e}.") from e
-    if not isinstance(data, dict):
-        raise BatcherError(f"{path} is not a run manifest.")
-    return data
+def read_manifest(run_dir: Path) -> Manifest:
+    return RunDir(run_dir).read_manifest()
 
 
-def job_of_run(run_dir: Path, manifest: dict[str, Any]) -> Job:
+def job_of_run(run_dir: Path, manifest: Manifest) -> Job:
     """The job as it was when the run started, with the same input, output and API."""
-    job = load_job(run_dir / "job.toml", as_path=Path(manifest["job_file"]))
-    base_url = manifest.get("base_url")
+    job = load_job(RunDir(run_dir).job_copy_path, as_path=Path(manifest.job_file))
+    base_url = manifest.base_url
     job = job.with_overrides(
-        input_path=manifest["input"]["pattern"],
-        output_dir=manifest.get("output_dir"),
+        input_path=manifest.input.pattern,
+        output_dir=manifest.output_dir,
         base_url=base_url if base_url and base_url != job.api.base_url else None,
     )
     # The results go where the run's went: its bucket, from its local staging folder.
-    return replace(job, output_url=manifest.get("output_url"))
+    return replace(job, output_url=manifest.output_url)
 
 
-def _check_fingerprints(job: Job, manifest: dict[str, Any]) -> list[str]:
+def _check_fingerprints(job: Job, manifest: Manifest) -> list[str]:
     """What changed in the input files since the run started (empty: nothing)."""
-    before = {f["path"]: f for f in manifest["input"]["files"]}
+    before = {f["path"]: f for f in manifest.input.files}
     now = {f.path: f for f in fingerprint_inputs(job)}
     changes = [f"{p} is gone" for p in before if p not in now]
     changes += [f"{p} is new" for p in now if p not in before]
@@ -101,24 +81,19 @@ def newest_unfinished(job: Job) -> Path | None:
     if not folder.is_dir():
         return None
     for run_dir in sorted((p for p in folder.iterdir() if p.is_dir()), reverse=True):
-        if not (run_dir / MANIFEST_NAME).is_file():
+        run = RunDir(run_dir)
+        if not run.has_manifest():
             continue
-        summary_path = run_dir / "summary.json"
-        if not summary_path.is_file():
-            return run_dir
-        try:
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        except ValueError:
-            return run_dir
-        if summary.get("stopped"):
-            return run_dir
+        summary = run.read_run_summary()
+        if summary is None or summary.stopped:
+            return run_dir  # no (readable) summary: it never finished
         return None  # the newest run finished: nothing to resume
     return None
 
 
 def _root_rows(run_dir: Path, outcomes: pl.DataFrame) -> pl.DataFrame:
     """For each row of a run: the run id and row (and file) of the first run it came from."""
-    origin = run_dir / ORIGIN_NAME
+    origin = RunDir(run_dir).origin_path
     if origin.is_file():
         return pl.read_parquet(origin)
     file_col = (
@@ -141,8 +116,9 @@ def retry(
 ) -> RunResult | None:
     """A child run of `parent_dir` over its retryable (and with --all, failed) rows."""
     parent_dir = parent_dir.resolve()
-    manifest = read_manifest(parent_dir)
-    outcomes_path = parent_dir / "outcomes.parquet"
+    parent_run = RunDir(parent_dir)
+    manifest = parent_run.read_manifest()
+    outcomes_path = parent_run.outcomes_path
     if not outcomes_path.is_file():
         raise BatcherError(
             f"Run {parent_dir.name} has no outcomes yet: it never finished.",
@@ -155,20 +131,21 @@ def retry(
     if picked.height == 0:
         log.info("retry.nothing_to_do", parent=parent_dir.name, statuses=wanted)
         return None
-    columns: list[str] = manifest["input"]["columns"]
-    fmt = manifest["input"]["format"]
+    columns = manifest.input.columns
+    fmt = cast(Format, manifest.input.format)
     roots = _root_rows(parent_dir, outcomes)
     picked = picked.join(roots, on="row", how="left", maintain_order="left")
-    _, run_dir = create_run_dir(job)
-    input_path = run_dir / f"input.{fmt}"
-    sheet = manifest["input"].get("sheet")
+    child_run = RunDir.create(job)
+    run_dir = child_run.path
+    input_path = child_run.retry_input_path(fmt)
+    sheet = manifest.input.sheet
     write_table(picked.select(columns), input_path, fmt, sheet=sheet)
     picked.select(
         pl.int_range(1, picked.height + 1, dtype=pl.Int64).alias("row"),
         "root_row",
         "root_source_file",
         "root_run",
-    ).write_parquet(run_dir / ORIGIN_NAME)
+    ).write_parquet(child_run.origin_path)
     child = job.with_overrides(input_path=str(input_path))
     if sheet is not None:  # the child's workbook has that one sheet, by name
         child = replace(child, input=replace(child.input, sheet=sheet))
@@ -178,16 +155,16 @@ def retry(
         run_dir=run_dir,
         parent=parent_dir.name,
         progress=progress,
-        maybe_sent=unconfirmed_sends(parent_dir / JOURNAL_NAME),
+        maybe_sent=unconfirmed_sends(parent_run.journal_path),
         wait_for_lock=wait_for_lock,
     )
 
 
-def _runs_of(job_dir: Path) -> dict[str, dict[str, Any]]:
+def _runs_of(job_dir: Path) -> dict[str, Manifest]:
     runs = {}
     for d in job_dir.iterdir():
-        if d.is_dir() and (d / MANIFEST_NAME).is_file():
-            runs[d.name] = read_manifest(d)
+        if d.is_dir() and RunDir(d).has_manifest():
+            runs[d.name] = RunDir(d).read_manifest()
     return runs
 
 
@@ -202,20 +179,20 @@ def merged_report(run_dir: Path) -> tuple[pl.DataFrame, list[str]]:
     run_dir = run_dir.resolve()
     runs = _runs_of(run_dir.parent)
     root = run_dir.name
-    while runs.get(root, {}).get("parent") in runs:
-        root = runs[root]["parent"]
+    while root in runs and runs[root].parent in runs:
+        root = str(runs[root].parent)
     family = [root]
     changed = True
     while changed:  # every run whose ancestry leads to the root
         changed = False
         for rid, m in runs.items():
-            if rid not in family and m.get("parent") in family:
+            if rid not in family and m.parent in family:
                 family.append(rid)
                 changed = True
     # Later answers win: the root first, then its descendants by creation time (run ids start
     # with the second only, so two runs of one second need the manifest's milliseconds).
-    family[1:] = sorted(family[1:], key=lambda rid: (str(runs[rid].get("created_at") or ""), rid))
-    root_outcomes = run_dir.parent / root / "outcomes.parquet"
+    family[1:] = sorted(family[1:], key=lambda rid: (runs[rid].created_at, rid))
+    root_outcomes = RunDir(run_dir).sibling(root).outcomes_path
     if not root_outcomes.is_file():
         raise BatcherError(
             f"Run {root} has no outcomes yet: it never finished.",
@@ -227,7 +204,7 @@ def merged_report(run_dir: Path) -> tuple[pl.DataFrame, list[str]]:
     key_file = "source_file" in merged.columns
     used = [root]
     for rid in family[1:]:
-        path = run_dir.parent / rid / "outcomes.parquet"
+        path = RunDir(run_dir).sibling(rid).outcomes_path
         if not path.is_file():
             continue
         child = _with_answer_columns(pl.read_parquet(path))

@@ -16,12 +16,10 @@ from batcher.input.tables import write_table
 from batcher.job import Job
 from batcher.plan import Plan, PlanFigures, plan_figures
 from batcher.present.progress import clock
-from batcher.runs.rundir import create_run_dir, write_json
+from batcher.results.summary import InputFacts, PlanSummary, ValidateSummary
+from batcher.runs.rundir import RunDir, write_json
 
 PREVIEW_REQUESTS = 5
-REJECTS_STEM = "rejects"
-PLAN_PREVIEW_FILE = "plan-preview.json"
-SUMMARY_FILE = "summary.json"
 
 
 def _now() -> str:
@@ -37,12 +35,12 @@ def reject_columns(source: Source) -> list[str]:
     return [*head, *source.columns, "status", "reason", "message", "duplicate_of"]
 
 
-def write_rejects(source: Source, run_dir: Path) -> Path | None:
+def write_rejects(source: Source, folder: RunDir) -> Path | None:
     """Write rejected and duplicate rows (same format as the input); None when there are none."""
     rejects = source.rows.filter(pl.col("status") != "valid")
     if rejects.height == 0:
         return None
-    path = run_dir / f"{REJECTS_STEM}.{source.format}"
+    path = folder.rejects_path(source.format)
     return write_table(
         rejects.select(reject_columns(source)), path, source.format, sheet=source.sheet
     )
@@ -52,7 +50,7 @@ def write_plan_preview(
     plan: Plan,
     figures: PlanFigures,
     job: Job,
-    run_dir: Path,
+    folder: RunDir,
     count: int = PREVIEW_REQUESTS,
 ) -> Path:
     """The plan's size, the time it takes at the quota, and its first `count` request bodies
@@ -60,7 +58,7 @@ def write_plan_preview(
     identifier = job.input.identifier
     bodies = [r.body(identifier) for r in itertools.islice(plan.iter_requests(identifier), count)]
     send_s = job.api.quota.seconds_for(figures.requests)
-    path = run_dir / PLAN_PREVIEW_FILE
+    path = folder.plan_preview_path
     write_json(
         path,
         {
@@ -91,56 +89,61 @@ def input_warnings(job: Job, source: Source) -> list[str]:
     return warnings
 
 
-def plan_summary(job: Job, run_id: str, source: Source, plan: PlanFigures) -> dict[str, Any]:
+def input_file_facts(source: Source) -> list[dict[str, Any]]:
+    """The input files as summary.json and manifest.json list them."""
+    return [f.to_json() for f in source.files]
+
+
+def plan_summary(job: Job, run_id: str, source: Source, plan: PlanFigures) -> PlanSummary:
     """The validate part of summary.json (a run's summary starts from it)."""
-    return {
-        "job": job.name,
-        "run_id": run_id,
-        "settings": job.settings_for_display(),
-        "input": {
-            "format": source.format,
-            "files": [f.to_json() for f in source.files],
-            "rows": source.row_count,
-            "columns": source.columns,
-            "notes": source.notes,
-        },
-        "counts": source.counts(),
-        "reasons": source.reason_counts(),
-        "pairs": plan.pairs,
-        "customers": plan.customers,
-        "requests": plan.requests,
-        "warnings": input_warnings(job, source),
-        # At the quota: what sending takes at least (throttles and retries only add to it).
-        "expected_send_seconds": round(job.api.quota.seconds_for(plan.requests), 1),
-    }
+    return PlanSummary(
+        job=job.name,
+        run_id=run_id,
+        settings=job.settings_for_display(),
+        input=InputFacts(
+            format=source.format,
+            files=input_file_facts(source),
+            rows=source.row_count,
+            columns=source.columns,
+            notes=source.notes,
+        ),
+        counts=source.counts(),
+        reasons=source.reason_counts(),
+        pairs=plan.pairs,
+        customers=plan.customers,
+        requests=plan.requests,
+        warnings=input_warnings(job, source),
+        expected_send_seconds=round(job.api.quota.seconds_for(plan.requests), 1),
+    )
 
 
-def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
+def print_summary(summary: ValidateSummary, run_dir: Path, console: Console | None = None) -> None:
     """A short human summary: what the file holds and what would be sent."""
     console = console or Console(highlight=False, soft_wrap=True)
-    inp = summary["input"]
-    files = inp["files"]
+    inp = summary.input
+    files = inp.files
     what = files[0]["path"] if len(files) == 1 else f"{len(files)} files"
-    console.print(f"[bold]{summary['job']}[/bold]: {inp['rows']:,} rows read from {what}")
-    for note in inp["notes"]:
+    console.print(f"[bold]{summary.job}[/bold]: {inp.rows:,} rows read from {what}")
+    for note in inp.notes:
         console.print(f"  note: {note}")
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     table.add_column("rows")
     table.add_column("count", justify="right")
-    counts = summary["counts"]
+    counts = summary.counts
     table.add_row("valid", f"{counts['valid']:,}")
     table.add_row("rejected", f"{counts['rejected']:,}")
-    for reason, n in summary["reasons"].items():
+    for reason, n in summary.reasons.items():
         table.add_row(f"  {reason}", f"{n:,}")
     table.add_row("duplicate", f"{counts['duplicate']:,}")
     console.print(table)
-    for warning in summary["warnings"]:
+    for warning in summary.warnings:
         console.print(f"[yellow]warning[/yellow]: {warning}")
+    api = summary.settings["api"]
     console.print(
-        f"Plan: {summary['customers']:,} customers in {summary['requests']:,} requests "
-        f"(at most {summary['settings']['api']['customers_per_request']} customers each); "
-        f"at the quota of {summary['settings']['api']['rate']} sending takes at least "
-        f"{clock(summary['expected_send_seconds'])} (h:mm:ss). Nothing was sent."
+        f"Plan: {summary.customers:,} customers in {summary.requests:,} requests "
+        f"(at most {api['customers_per_request']} customers each); "
+        f"at the quota of {api['rate']} sending takes at least "
+        f"{clock(summary.expected_send_seconds)} (h:mm:ss). Nothing was sent."
     )
     console.print(f"Written to {run_dir}")
 
@@ -158,19 +161,15 @@ def validate_job(job: Job, console: Console | None = None) -> int:
         job.api.programs_per_customer,
         preview_requests=PREVIEW_REQUESTS,
     )
-    run_id, run_dir = create_run_dir(job)
-    rejects = write_rejects(source, run_dir)
-    preview = write_plan_preview(head, figures, job, run_dir)
-    summary: dict[str, Any] = {
-        "command": "validate",
-        **plan_summary(job, run_id, source, figures),
-    }
-    summary["started_at"] = started_at
-    summary["finished_at"] = _now()
-    summary["outputs"] = {
-        "rejects": rejects.name if rejects else None,
-        "plan_preview": preview.name,
-    }
-    write_json(run_dir / SUMMARY_FILE, summary)
-    print_summary(summary, run_dir, console)
+    folder = RunDir.create(job)
+    rejects = write_rejects(source, folder)
+    preview = write_plan_preview(head, figures, job, folder)
+    summary = ValidateSummary(
+        **plan_summary(job, folder.run_id, source, figures).plan_fields(),
+        started_at=started_at,
+        finished_at=_now(),
+        outputs={"rejects": rejects.name if rejects else None, "plan_preview": preview.name},
+    )
+    folder.write_summary(summary)
+    print_summary(summary, folder.path, console)
     return 0
