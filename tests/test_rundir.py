@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from batcher.errors import BatcherError
-from batcher.results.summary import InputFacts, InputFileFacts, RunSummary, ValidateSummary
+from batcher.results.summary import InputFacts, RunSummary, ValidateSummary
 from batcher.runs.rundir import Manifest, ManifestInput, PlanParameters, RunDir
 
 
@@ -17,7 +17,7 @@ def test_a_run_summary_round_trips_through_the_folder(tmp_path: Path) -> None:
     summary = RunSummary(
         job="demo",
         run_id="20260101T000000Z-abcd",
-        input=InputFacts(files=[InputFileFacts(path="a.csv", size=1, mtime_ns=2, sha256="x")]),
+        input=InputFacts(files=[{"path": "a.csv", "size": 1, "mtime_ns": 2, "sha256": "x"}]),
         counts={"delinked": 3},
         stopped="interrupted by SIGINT",
         timeline=[{"second": 0, "requests": 3, "throttled": 0}],
