@@ -264,3 +264,43 @@ def test_the_excel_example_job_reads_its_workbook(tmp_path: Path) -> None:
     summary = read_summary(only_run_dir(tmp_path, "excel-example"))
     assert summary["counts"] == {"valid": 24, "rejected": 1, "duplicate": 1}
     assert summary["reasons"] == {"mobile_in_scientific_notation": 1}
+
+
+def test_the_xlsx_writer_keeps_awkward_text_as_text(tmp_path: Path) -> None:
+    """What a CRM export holds comes back unchanged, read by calamine and by openpyxl."""
+    from batcher.input.tables import write_table
+
+    texts = [
+        "=HYPERLINK(1)",
+        "  leading and trailing  ",
+        "a & b < c > d",
+        "bell\x07 and nul\x00",
+        "_x0041_ stays",
+        "tab\tand\nnewline",
+        "+919800000001",
+        "ünïcödé ✓",
+        None,
+        "",
+    ]
+    frame = pl.DataFrame(
+        {
+            "text": texts,
+            "row": list(range(1, 11)),
+            "ratio": [0.5, None, float("nan"), 1.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0],
+        }
+    )
+    path = write_table(frame, tmp_path / "awkward.xlsx", "xlsx", sheet="Pairs")
+    back = pl.read_excel(path, sheet_name="Pairs")
+    assert back.get_column("text").to_list() == texts
+    assert back.get_column("row").to_list() == list(range(1, 11))
+    assert back.get_column("ratio").to_list()[:2] == [0.5, None]
+    book = openpyxl.load_workbook(path)
+    cells = [c.value for c in book["Pairs"]["A"][1:]]
+    # openpyxl leaves Excel's _xHHHH_ escapes (control characters) undecoded, and reads an
+    # empty text cell as a blank; the rest it reads as written.
+    assert [c for i, c in enumerate(cells) if i not in (3, 4, 9)] == [
+        t for i, t in enumerate(texts) if i not in (3, 4, 9)
+    ]
+    assert all(c.data_type == "s" for c in book["Pairs"]["A"][1:] if c.value is not None)
+    empty = write_table(frame.head(0), tmp_path / "empty.xlsx", "xlsx")
+    assert pl.read_excel(empty, sheet_name="Sheet1").columns == ["text", "row", "ratio"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -70,7 +71,9 @@ def _write_xlsx(data: pl.DataFrame, path: Path, sheet: str) -> Path:
     """An .xlsx whose text cells are always text: never a formula, a number or a link.
 
     So a mobile stays its digits and `=cmd|...` is shown, not run: no apostrophe is needed,
-    unlike CSV. Numbers (row, code, attempts) are numbers.
+    unlike CSV. Numbers (row, code, attempts) are numbers. xlsxwriter writes the workbook with
+    the header row; the data rows are built as the sheet's XML by polars (the same inline
+    strings xlsxwriter writes, about ten times faster than a Python call per cell) and put in.
     """
     import xlsxwriter
 
@@ -80,34 +83,124 @@ def _write_xlsx(data: pl.DataFrame, path: Path, sheet: str) -> Path:
             hint="Write it as .parquet or .csv instead.",
         )
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.close(fd)  # created owner-only; xlsxwriter writes into it by name
+    skeleton = path.with_name(f".{path.name}.head.tmp")
+    for part in (tmp, skeleton):  # created owner-only before any data goes in
+        os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     try:
         book = xlsxwriter.Workbook(
-            str(tmp),
+            str(skeleton),
             {
-                "constant_memory": True,  # rows go to disk as written: any height, little memory
+                "constant_memory": True,  # inline strings, as the rows below
                 "strings_to_numbers": False,
                 "strings_to_formulas": False,
                 "strings_to_urls": False,
             },
         )
         ws = book.add_worksheet(sheet[:31])  # Excel's limit on a sheet name
-        ws.write_row(0, 0, data.columns)
-        numeric = [dtype.is_numeric() for dtype in data.dtypes]
-        for r, values in enumerate(data.iter_rows(), start=1):
-            for c, value in enumerate(values):
-                if value is None:
-                    continue
-                if numeric[c]:
-                    ws.write_number(r, c, value)
-                else:
-                    ws.write_string(r, c, str(value))
+        for c, column in enumerate(data.columns):
+            ws.write_string(0, c, column)
         book.close()
+        _splice_rows(skeleton, tmp, data)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        skeleton.unlink(missing_ok=True)
     return path
+
+
+_SHEET_XML = "xl/worksheets/sheet1.xml"
+_CHUNK_ROWS = 100_000
+# XML 1.0 has no place for these: written as Excel's _xHHHH_ escapes, as xlsxwriter does.
+_CONTROL_CHARS = [chr(c) for c in (*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20))]
+_ESCAPE_LIKE_RE = r"_x([0-9A-Fa-f]{4})_"
+_AWKWARD_RE = r"[\x00-\x08\x0b\x0c\x0e-\x1f]|_x[0-9A-Fa-f]{4}_"
+
+
+def _column_letters(index: int) -> str:
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters
+
+
+def _cell_xml(name: str, dtype: pl.DataType, letters: str, awkward: bool) -> pl.Expr:
+    """One column's cells as XML (empty for a null), for rows numbered in `_r`.
+
+    `awkward`: the column holds control characters or `_xHHHH_` (rare): escape them too.
+    """
+    col = pl.col(name)
+    ref = pl.concat_str(pl.lit(f'<c r="{letters}'), pl.col("_r"))
+    if dtype.is_numeric():
+        missing = col.is_null() | col.is_nan() if dtype.is_float() else col.is_null()
+        number = pl.concat_str(ref, pl.lit('"><v>'), col.cast(pl.String), pl.lit("</v></c>"))
+        return pl.when(missing).then(pl.lit("")).otherwise(number)
+    text = col.cast(pl.String)
+    if awkward:
+        # A literal "_x0041_" would read back as "A": its underscore is escaped first.
+        text = text.str.replace_all(_ESCAPE_LIKE_RE, "_x005F_x${1}_")
+        for char in _CONTROL_CHARS:
+            text = text.str.replace_all(char, f"_x{ord(char):04X}_", literal=True)
+    text = (
+        text.str.replace_all("&", "&amp;", literal=True)
+        .str.replace_all("<", "&lt;", literal=True)
+        .str.replace_all(">", "&gt;", literal=True)
+    )
+    return (
+        pl.when(col.is_null())
+        .then(pl.lit(""))
+        .otherwise(
+            pl.concat_str(
+                ref,
+                pl.lit('" t="inlineStr"><is><t xml:space="preserve">'),
+                text,
+                pl.lit("</t></is></c>"),
+            )
+        )
+    )
+
+
+def _splice_rows(skeleton: Path, out: Path, data: pl.DataFrame) -> None:
+    """Copy the workbook `skeleton` to `out`, with `data`'s rows (from row 2) in its sheet."""
+    import zipfile
+
+    letters = [_column_letters(i) for i in range(max(data.width, 1))]
+    strings = [n for n, t in data.schema.items() if not t.is_numeric()]
+    found = data.select(pl.col(n).cast(pl.String).str.contains(_AWKWARD_RE).any() for n in strings)
+    awkward = {n for n in strings if found.get_column(n).item()} if data.height else set()
+    cells = [
+        _cell_xml(name, dtype, letters[i], name in awkward).alias(f"_c{i}")
+        for i, (name, dtype) in enumerate(data.schema.items())
+    ]
+    with (
+        zipfile.ZipFile(skeleton) as src,
+        zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as dst,
+    ):
+        for item in src.infolist():
+            if item.filename != _SHEET_XML:
+                dst.writestr(item, src.read(item.filename))
+                continue
+            xml = src.read(item.filename).decode("utf-8")
+            last = f"{letters[-1]}{data.height + 1}"
+            xml = re.sub(r'<dimension ref="[^"]*"/>', f'<dimension ref="A1:{last}"/>', xml, count=1)
+            head, tail = xml.split("</sheetData>", 1)
+            with dst.open(zipfile.ZipInfo(item.filename, item.date_time), "w") as f:
+                f.write(head.encode("utf-8"))
+                for start in range(0, data.height, _CHUNK_ROWS):
+                    chunk = data.slice(start, _CHUNK_ROWS)
+                    first = start + 2  # row 1 is the header
+                    chunk = chunk.with_columns(
+                        _r=pl.int_range(first, first + chunk.height).cast(pl.String)
+                    )
+                    rows = chunk.select(
+                        pl.concat_str(
+                            pl.lit('<row r="'), pl.col("_r"), pl.lit('">'), *cells, pl.lit("</row>")
+                        )
+                    ).to_series()
+                    f.write("".join(rows.to_list()).encode("utf-8"))
+                f.write(("</sheetData>" + tail).encode("utf-8"))
