@@ -203,6 +203,95 @@ def test_resume_refuses_an_object_changed_since_the_run_started(
     assert requests_sent(sim) == sent
 
 
+def test_results_are_uploaded_to_the_bucket_and_read_back(
+    aws: dict[str, str], bucket: str, simulator: Sim, tmp_path: Path
+) -> None:
+    sim = simulator(clean_profile(state={"link_probability": 1.0}))
+    endpoint = aws["AWS_ENDPOINT_URL"]
+    frame = pairs_frame(range(20)).vstack(
+        pl.DataFrame({"mobile": ["12", mobile(300_000)], "partner_program_name": ["p", "p"]})
+    )
+    put_table(endpoint, bucket, "in/pairs.csv", frame)
+    job = cloud_job(
+        tmp_path, f"s3://{bucket}/in/pairs.csv", sim.base_url, output=f"s3://{bucket}/results/"
+    )
+
+    result = CliRunner().invoke(main, ["run", str(job), "--quiet"])
+
+    assert result.exit_code == 1, result.output
+    staging = only_run_dir(tmp_path / "staging", "cloud")
+    s3 = s3_client(endpoint)
+    prefix = f"results/cloud/{staging.name}/"
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
+    assert sorted(o["Key"].removeprefix(prefix) for o in listed) == [
+        "failures.csv",
+        "outcomes.parquet",
+        "rejects.csv",
+        "report.html",
+        "summary.json",
+    ]
+    # What the data team reads is what the run wrote.
+    body = s3.get_object(Bucket=bucket, Key=prefix + "outcomes.parquet")["Body"].read()
+    uploaded = pl.read_parquet(io.BytesIO(body))
+    assert uploaded.equals(pl.read_parquet(staging / "outcomes.parquet"))
+    assert uploaded.height == 42
+    summary = json.loads(s3.get_object(Bucket=bucket, Key=prefix + "summary.json")["Body"].read())
+    assert summary["counts"]["delinked"] == 40 and summary["counts"]["failed"] == 1
+    assert summary["settings"]["output"]["dir"] == f"s3://{bucket}/results"
+    # The journal and the lock stay in the staging folder.
+    assert (staging / "journal.jsonl").is_file()
+
+
+def test_validate_uploads_its_rejects_and_summary(
+    aws: dict[str, str], bucket: str, tmp_path: Path
+) -> None:
+    frame = pairs_frame(range(3)).vstack(
+        pl.DataFrame({"mobile": ["12"], "partner_program_name": ["partner-01"]})
+    )
+    put_table(aws["AWS_ENDPOINT_URL"], bucket, "pairs.csv", frame)
+    job = cloud_job(tmp_path, f"s3://{bucket}/pairs.csv", "simulator", output=f"s3://{bucket}/r")
+
+    result = CliRunner().invoke(main, ["validate", str(job)])
+
+    assert result.exit_code == 0, result.output
+    staging = only_run_dir(tmp_path / "staging", "cloud")
+    listed = s3_client(aws["AWS_ENDPOINT_URL"]).list_objects_v2(Bucket=bucket, Prefix="r/")
+    assert sorted(o["Key"] for o in listed["Contents"]) == [
+        f"r/cloud/{staging.name}/{name}"
+        for name in ("plan-preview.json", "rejects.csv", "summary.json")
+    ]
+
+
+def test_a_stopped_run_uploads_what_it_has_and_its_resume_uploads_again(
+    aws: dict[str, str], bucket: str, simulator: Sim, tmp_path: Path, monkeypatch: Any
+) -> None:
+    sim = simulator(clean_profile(state={"link_probability": 1.0}))
+    endpoint = aws["AWS_ENDPOINT_URL"]
+    put_table(endpoint, bucket, "in/pairs.csv", pairs_frame(range(10)))
+    job = cloud_job(
+        tmp_path, f"s3://{bucket}/in/pairs.csv", sim.base_url, output=f"s3://{bucket}/results"
+    )
+    monkeypatch.setenv("CAPILLARY_PASSWORD", "not-the-password")  # refused: the run stops
+
+    stopped = CliRunner().invoke(main, ["run", str(job), "--quiet"])
+
+    assert stopped.exit_code == 3, stopped.output
+    staging = only_run_dir(tmp_path / "staging", "cloud")
+    s3 = s3_client(endpoint)
+    key = f"results/cloud/{staging.name}/summary.json"
+    summary = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert summary["stopped"] and summary["counts"]["retryable"] == 20
+    failures = s3.get_object(Bucket=bucket, Key=f"results/cloud/{staging.name}/failures.csv")
+    assert pl.read_csv(failures["Body"].read(), infer_schema=False).height == 20
+    monkeypatch.setenv("CAPILLARY_PASSWORD", DEMO_ENV["CAPILLARY_PASSWORD"])
+
+    resumed = CliRunner().invoke(main, ["resume", str(staging), "--quiet"])
+
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert summary["stopped"] is None and summary["counts"]["delinked"] == 20
+
+
 def assert_refused_before_sending(result: Any, sim: Any, *phrases: str) -> None:
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
@@ -221,6 +310,18 @@ def test_a_missing_bucket_is_exit_2_and_nothing_is_sent(
     result = CliRunner().invoke(main, ["run", str(job)])
     assert_refused_before_sending(result, sim, "the bucket does not exist", "NoSuchBucket")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_output_bucket_is_exit_2_and_nothing_is_sent(
+    aws: dict[str, str], bucket: str, simulator: Sim, tmp_path: Path
+) -> None:
+    sim = simulator(clean_profile())
+    put_table(aws["AWS_ENDPOINT_URL"], bucket, "pairs.csv", pairs_frame(range(3)))
+    job = cloud_job(
+        tmp_path, f"s3://{bucket}/pairs.csv", sim.base_url, output="s3://no-such-results/x"
+    )
+    result = CliRunner().invoke(main, ["run", str(job)])
+    assert_refused_before_sending(result, sim, "[output] dir", "the bucket does not exist")
 
 
 def test_missing_credentials_are_exit_2_naming_the_variables(

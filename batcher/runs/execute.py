@@ -38,6 +38,7 @@ from batcher.results.summary import RunSummary
 from batcher.runs.lock import RunLock, api_key_lock, holding, job_lock
 from batcher.runs.preflight import Confirm, preflight
 from batcher.runs.rundir import Manifest, ManifestInput, PlanParameters, RunDir, new_run_id
+from batcher.runs.upload import check_output, upload_results_or_log
 from batcher.runs.validate import input_file_facts, plan_summary, write_rejects
 from batcher.send.auth import Authenticator, Credentials, OrgGuard, credentials_from_env
 from batcher.send.sender import Sender
@@ -224,6 +225,7 @@ def execute(
 
         profile = load_profile(job.simulator_profile)
     credentials = resolve_credentials(job, profile)
+    check_output(job)  # an output bucket that cannot be reached: refused before anything is sent
     source = load_source(job)
     preflight(job, source, confirm)
     run_id = run_dir.name if run_dir is not None else new_run_id()
@@ -419,6 +421,8 @@ def finish(prepared: Prepared, sent: Sent) -> RunResult:
     assert sum(counts.values()) == source.row_count, "every row has exactly one outcome"
     folder.write_summary(summary)
     write_report(summary, folder.report_path)
+    if not upload_results_or_log(job, folder.path):  # not in the bucket: it needs a look
+        exit_code = max(exit_code, 1)
     log.info("run.finished", counts=counts, exit_code=exit_code, elapsed_s=round(elapsed_s, 3))
     return RunResult(folder.path, exit_code, summary)
 

@@ -83,7 +83,7 @@ def upload_results(job: Job, run_dir: Path) -> list[str]:
     return done
 
 
-def upload_quietly(job: Job, run_dir: Path) -> bool:
+def upload_results_or_log(job: Job, run_dir: Path) -> bool:
     """Upload, and on failure log where the results are instead of failing the run."""
     if job.output_url is None:
         return True

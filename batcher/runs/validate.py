@@ -18,6 +18,7 @@ from batcher.plan import Plan, PlanFigures, plan_figures
 from batcher.present.progress import clock
 from batcher.results.summary import InputFacts, PlanSummary, ValidateSummary
 from batcher.runs.rundir import RunDir, write_json
+from batcher.runs.upload import check_output, upload_results_or_log
 
 PREVIEW_REQUESTS = 5
 
@@ -152,6 +153,7 @@ def validate_job(job: Job, console: Console | None = None) -> int:
     """Load, check and plan the job's input; write rejects, plan preview and summary. Exit code."""
     started_at = _now()
     # Load first: an unusable input raises InputError before any run folder exists.
+    check_output(job)  # an output bucket that cannot be reached: refused before any work
     source = load_source(job)
     # Nothing is sent, so the full plan is not built: its figures are counted, and the preview
     # is the plan of the first customers (tests/test_plan.py checks both against build_plan).
@@ -172,4 +174,5 @@ def validate_job(job: Job, console: Console | None = None) -> int:
     )
     folder.write_summary(summary)
     print_summary(summary, folder.path, console)
-    return 0
+    # With a bucket output dir, the data team finds the rejects there too.
+    return 0 if upload_results_or_log(job, folder.path) else 1
