@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batcher.results.outcomes import JOURNAL_NAME, read_journal
+from batcher.results.journal import JOURNAL_NAME, read_journal
 from batcher.simulator.server import SimulatorThread
 from tests.conftest import (
     DEMO_ENV,
@@ -354,3 +354,51 @@ def test_a_retry_knows_which_pairs_the_parent_may_have_delinked(
     noted = merged.filter(pl.col("note").str.contains("earlier attempt"))
     assert noted.height > 0
     assert sim.still_linked("mobile", [(mobile(i), p) for i in range(200) for p in PROGRAMS]) == []
+
+
+@pytest.mark.parametrize("point", ["assembly", "fold", "fold-promoted"])
+def test_a_kill_during_assembly_or_folding_then_resume_resends_nothing_and_folds(
+    tmp_path: Path, simulator: Sim, point: str
+) -> None:
+    """Every pair was answered before the kill: the resume sends nothing, writes every file."""
+    sim = simulator(clean_profile(state={"link_probability": 0.8}))
+    rows = write_pairs(tmp_path / "pairs.csv", range(300), PROGRAMS)
+    job = write_job(tmp_path, sim.base_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPILLARY_")}
+    killed = subprocess.run(
+        [sys.executable, "-m", "tests.crash_at", point, "run", str(job), "--quiet"],
+        capture_output=True,
+        text=True,
+        env={**env, **DEMO_ENV},
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run_dir = only_run_dir(tmp_path / "out")
+    assert not (run_dir / "summary.json").exists()
+    left = {p.name for p in run_dir.iterdir()}
+    live, folded = JOURNAL_NAME in left, "journal.parquet" in left
+    assert (live, folded) == {
+        "assembly": (True, False),
+        "fold": (True, False),
+        "fold-promoted": (True, True),
+    }[point]
+    attempts = attempts_by_pair(sim)
+    assert sum(attempts.values()) == rows
+
+    resumed = run_cli("run", str(job), "--resume", "--quiet")
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert attempts_by_pair(sim) == attempts, "nothing answered was sent again"
+    assert only_run_dir(tmp_path / "out") == run_dir
+    outcomes = pl.read_parquet(run_dir / "outcomes.parquet")
+    assert outcomes.height == rows and outcomes["row"].n_unique() == rows
+    served = {(p["mobile"], p["program"]): p["delinked"] for p in sim.snapshot()["pairs"]}
+    for m, program, status in outcomes.select(
+        "mobile", "partner_program_name", "status"
+    ).iter_rows():
+        assert status == ("delinked" if served[(m, program)] else "not_linked")
+    left = {p.name for p in run_dir.iterdir()}
+    assert "journal.parquet" in left
+    assert not {JOURNAL_NAME, "intents.jsonl", ".assembly"} & left

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from batcher.job import load_job
-from batcher.results.outcomes import Journal, read_journal
+from batcher.results.journal import Journal, read_journal
 from batcher.send import contract
 from batcher.send.sender import Batch, PendingCustomer, PendingPair, Sender
 from tests.conftest import mobile, write_job

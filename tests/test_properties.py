@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batcher.input.source import validate_rows
-from batcher.results.outcomes import JOURNAL_SCHEMA, STATUSES, assemble_outcomes
+from batcher.results.assemble import assemble_outcomes
+from batcher.results.journal import JOURNAL_SCHEMA
+from batcher.results.outcomes import STATUSES
 from batcher.send import contract
 
 FAST = settings(max_examples=60, deadline=None)

@@ -204,3 +204,35 @@ def _splice_rows(skeleton: Path, out: Path, data: pl.DataFrame) -> None:
                     ).to_series()
                     f.write("".join(rows.to_list()).encode("utf-8"))
                 f.write(("</sheetData>" + tail).encode("utf-8"))
+
+
+def sink_table(
+    frame: pl.LazyFrame, path: str | Path, fmt: TableFormat, *, sheet: str | None = None
+) -> Path:
+    """`write_table` for a frame too big to hold: streamed to the file, never collected
+    (except for Excel, whose sheets hold at most a million rows anyway)."""
+    path = Path(path)
+    if fmt == "xlsx":
+        return write_table(frame, path, fmt, sheet=sheet)
+    if fmt == "csv":
+        strings = [name for name, dtype in frame.collect_schema().items() if dtype == pl.String]
+        frame = frame.with_columns(neutralise_formula(c) for c in strings)
+    elif fmt != "parquet":
+        raise ValueError(f"unknown table format {fmt!r}")
+    tmp = path.with_name(f".{path.name}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # owner-only from birth
+    try:
+        if fmt == "csv":
+            frame.sink_csv(tmp)
+        else:
+            frame.sink_parquet(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

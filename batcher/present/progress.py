@@ -22,7 +22,8 @@ from rich.table import Table
 from rich.text import Text
 
 from batcher.present import logs
-from batcher.results.outcomes import Journal, Status
+from batcher.results.journal import Journal
+from batcher.results.outcomes import Status
 from batcher.send.pace import PaceState
 from batcher.send.stats import RunStats
 

@@ -18,22 +18,13 @@ import structlog
 from batcher.errors import RunStopped
 from batcher.input.files import input_location
 from batcher.input.source import Source, load_source
-from batcher.input.tables import write_table
 from batcher.job import Job
 from batcher.plan import Plan, build_plan
 from batcher.present import logs
 from batcher.present.report import write_report
-from batcher.results.outcomes import (
-    Journal,
-    Status,
-    assemble_outcomes,
-    codes_table,
-    exit_code_for,
-    read_intents,
-    read_journal,
-    summarise_counts,
-    utc_now,
-)
+from batcher.results.assemble import assemble_run
+from batcher.results.journal import Journal, read_journal, unconfirmed_intents
+from batcher.results.outcomes import CONFIRMED, exit_code_for, utc_now
 from batcher.results.summary import RunSummary
 from batcher.runs.lock import RunLock, api_key_lock, holding, job_lock
 from batcher.runs.preflight import Confirm, preflight
@@ -51,7 +42,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("batcher.runs.execute")
 
 EXIT_STOPPED = 3
-CONFIRMED = (Status.DELINKED.value, Status.NOT_LINKED.value, Status.FAILED.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,9 +274,7 @@ def prepare(
     if resuming:
         done = read_journal(folder.journal_path)
         confirmed = done.filter(pl.col("s").is_in(CONFIRMED))
-        maybe_sent |= read_intents(folder.journal_path) - set(
-            zip(confirmed["cu"].to_list(), confirmed["pr"].to_list(), strict=True)
-        )
+        maybe_sent |= unconfirmed_intents(folder.journal_path, done)
         log.info("run.resumed", confirmed_pairs=confirmed.height, maybe_sent_pairs=len(maybe_sent))
     rejects_path = write_rejects(source, folder)
     plan = build_plan(
@@ -359,19 +347,18 @@ def finish(prepared: Prepared, sent: Sent) -> RunResult:
     job, source, folder = prepared.job, prepared.source, prepared.folder
     stats, stop_reason = sent.stats, sent.stop_reason
     unsent = f"not sent: the run stopped ({stop_reason})" if stop_reason else None
-    outcomes = assemble_outcomes(
-        source.rows, read_journal(folder.journal_path), source.columns, unsent
-    )
-    outcomes.write_parquet(folder.outcomes_path)
-    failures = outcomes.filter(pl.col("status").is_in(["failed", "retryable"]))
-    failures_path = folder.failures_path(source.format)
-    write_table(
-        failures.select(*source.columns, "status", "code", "message"),
-        failures_path,
+    # Streamed a range of rows at a time; the journal is folded small once they are written.
+    assembly = assemble_run(
+        folder.journal_path,
+        source.rows,
+        source.columns,
         source.format,
+        unsent,
+        outcomes_path=folder.outcomes_path,
+        failures_path=folder.failures_path(source.format),
         sheet=source.sheet,
     )
-    counts = summarise_counts(outcomes)
+    counts, failures_path = assembly.counts, assembly.failures_path
     if sent.abort is not None:
         exit_code = sent.abort.exit_code  # 2 when refused before anything was sent
     else:
@@ -388,7 +375,7 @@ def finish(prepared: Prepared, sent: Sent) -> RunResult:
         started_at=prepared.started_at,
         finished_at=utc_now(),
         validation=validated.counts,
-        codes=codes_table(outcomes),
+        codes=assembly.codes,
         requests_sent=stats.requests,
         responses_by_status={str(k): v for k, v in sorted(stats.responses.items())},
         throttled=stats.throttles,

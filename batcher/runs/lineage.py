@@ -18,7 +18,8 @@ from batcher.errors import BatcherError, InputError
 from batcher.input.files import Format, fingerprint_inputs
 from batcher.input.tables import write_table
 from batcher.job import Job, load_job
-from batcher.results.outcomes import ANSWER_COLUMNS, STATUSES, Status, unconfirmed_sends
+from batcher.results.journal import unconfirmed_sends
+from batcher.results.outcomes import ANSWER_COLUMNS, STATUSES, Status
 from batcher.runs.execute import RunResult, execute
 from batcher.runs.rundir import Manifest, RunDir, job_output_dir
 

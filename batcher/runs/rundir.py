@@ -17,7 +17,7 @@ from typing import Any
 
 from batcher.errors import BatcherError
 from batcher.job import Job
-from batcher.results.outcomes import JOURNAL_NAME
+from batcher.results.journal import JOURNAL_NAME
 from batcher.results.summary import RunSummary, ValidateSummary, from_json, to_json
 
 SUMMARY_NAME = "summary.json"

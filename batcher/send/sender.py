@@ -25,7 +25,8 @@ import structlog
 from batcher.errors import RunStopped
 from batcher.job import Job
 from batcher.plan import PlannedRequest
-from batcher.results.outcomes import Journal, Outcome, Status
+from batcher.results.journal import Journal
+from batcher.results.outcomes import Outcome, Status
 from batcher.send import contract
 from batcher.send.auth import Authenticator, AuthRefused, OrgGuard, WrongOrg
 from batcher.send.contract import Entry, Verdict

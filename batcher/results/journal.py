@@ -1,0 +1,330 @@
+"""The journal: every answered pair, written ahead as answers arrive, folded small at rest.
+
+While a run is live, two append-only logs in its folder make it resumable: `journal.jsonl`
+(one JSON line per answered pair, handed to the OS within 20 ms, fsynced every second and at
+every stop) and `intents.jsonl` (each request's pairs, handed over before it is sent).
+
+Once the run has written its result files, both are folded into `journal.parquet` (zstd): one
+row per answered pair (its last word) plus one intent row (null status) per pair that was about
+to be sent without a confirmed answer. A resumed run appends new lines to a fresh
+`journal.jsonl` beside it; readers take the folded rows first and the lines after them, so the
+folder reads the same at every point of a fold (see `promote_folded`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+
+from batcher.results.outcomes import CONFIRMED, Outcome, Status, utc_now
+
+JOURNAL_NAME = "journal.jsonl"
+# Write-ahead: the pairs of each request, durable before it is sent. After a crash, a pair here
+# without an outcome may have been processed, so a resend answering "not linked" means delinked.
+INTENTS_NAME = "intents.jsonl"
+FOLDED_NAME = "journal.parquet"
+HAND_OVER_EVERY_S = 0.02
+# Bytes of journal text parsed at a time: bounds the memory of every reader.
+CHUNK_BYTES = 32 << 20
+
+JOURNAL_SCHEMA = {
+    "k": pl.Int64,  # the row's _key in the run that wrote the line
+    "cu": pl.String,  # the customer identifier as sent
+    "pr": pl.String,  # the program name as sent
+    "s": pl.String,  # status (null in the folded file: an intent without a confirmed answer)
+    "c": pl.Int64,  # API code
+    "m": pl.String,  # API message
+    "cid": pl.Int64,  # customer id when returned
+    "rid": pl.String,  # X-CAP-REQUEST-ID
+    "a": pl.Int64,  # attempts
+    "t": pl.String,  # finished_at, UTC ISO 8601
+    "n": pl.String,  # note
+    "ms": pl.Boolean,  # retryable only: an attempt may have been processed, its answer lost
+    "ai": pl.String,  # the customer's identifier as the API answered it (its stored form)
+}
+PAIR = ["cu", "pr"]
+
+
+def _fsync_all(*fds: int) -> None:
+    sync = getattr(os, "fdatasync", os.fsync)  # the data, not the mtime: all a reader needs
+    for fd in fds:
+        sync(fd)
+
+
+def _number(value: int | None) -> str:
+    return "null" if value is None else str(int(value))
+
+
+class Journal:
+    """Append-only, fsynced outcome log of the pairs that were sent (or given up on)."""
+
+    def __init__(self, path: Path, *, flush_every_s: float = 1.0) -> None:
+        self.path = path
+        for log_path in (path, path.with_name(INTENTS_NAME)):
+            drop_torn_tail(log_path)
+        # Raw descriptors: each hand-over is one write(2), with no buffering layer between.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        self._fd: int | None = os.open(path, flags, 0o600)
+        self._intents_fd: int | None = os.open(path.with_name(INTENTS_NAME), flags, 0o600)
+        self._buffer: list[str] = []
+        self._flush_every_s = flush_every_s
+        self._last_flush = time.monotonic()
+        self._last_hand_over = 0.0
+        self.counts: Counter[str] = Counter()
+
+    @staticmethod
+    def _text(value: str | None) -> str:
+        """JSON for a string; most values (mobiles, program names) need no escaping at all."""
+        if value is None:
+            return "null"
+        if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+            return f'"{value}"'
+        return json.dumps(value, ensure_ascii=False)
+
+    def record(self, outcome: Outcome, finished_at: str | None = None) -> None:
+        """Buffer one outcome (a JSON object per line); flushed at least every second."""
+        status = outcome.status.value
+        text = self._text
+        self._buffer.append(
+            f'{{"k":{outcome.key},"cu":{text(outcome.customer)},"pr":{text(outcome.program)},'
+            f'"s":"{status}","c":{_number(outcome.code)},"m":{text(outcome.message)},'
+            f'"cid":{_number(outcome.customer_id)},"rid":{text(outcome.request_id)},'
+            f'"a":{outcome.attempts},"t":{text(finished_at or utc_now())},'
+            f'"n":{text(outcome.note)},"ms":{"true" if outcome.maybe_sent else "false"},'
+            f'"ai":{text(outcome.api_identifier)}}}'
+        )
+        self.counts[status] += 1
+
+    def hand_over(self) -> None:
+        """Give what is buffered to the OS (one write, at most every 20 ms): from then on it
+        survives a killed process, though only the fsync of `flush` survives a machine crash.
+        A kill loses at most 20 ms of answers, whose pairs the intents mark for the resend."""
+        now = time.monotonic()
+        if now - self._last_hand_over < HAND_OVER_EVERY_S:
+            return
+        self._last_hand_over = now
+        if self._buffer and self._fd is not None:
+            _write_all(self._fd, ("\n".join(self._buffer) + "\n").encode())
+            self._buffer.clear()
+        if time.monotonic() - self._last_flush >= self._flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write and fsync what is buffered, and the intents: after this they survive a crash."""
+        if self._buffer and self._fd is not None:
+            _write_all(self._fd, ("\n".join(self._buffer) + "\n").encode())
+            self._buffer.clear()
+        _fsync_all(*(fd for fd in (self._fd, self._intents_fd) if fd is not None))
+        self._last_flush = time.monotonic()
+
+    def intend(self, pairs: list[tuple[str, str]]) -> None:
+        """Record that these pairs are about to be sent, before they are.
+
+        Handed to the OS at once (a write, no fsync: an fsync per request would cost more than
+        the request), so a killed process leaves it behind; fsynced with the outcomes.
+        """
+        if self._intents_fd is not None:
+            text = self._text
+            line = ",".join(f"[{text(c)},{text(p)}]" for c, p in pairs)
+            _write_all(self._intents_fd, f"[{line}]\n".encode())
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self.flush()
+            os.close(self._fd)
+            self._fd = None
+        if self._intents_fd is not None:
+            os.close(self._intents_fd)
+            self._intents_fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def drop_torn_tail(path: Path) -> None:
+    """A kill mid-write can leave half a line: cut it, so that appending starts a clean line."""
+    if not path.exists():
+        return
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        # Walk back to the last newline; everything after it is the torn line.
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                f.truncate(pos - step + cut + 1)
+                return
+            pos -= step
+        f.truncate(0)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def _line_blocks(path: Path, block_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The file's complete lines, about `block_bytes` at a time; a torn last line is left out
+    (only the last can be torn: a log reopened for appending has it cut first)."""
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        carry = b""
+        while chunk := f.read(block_bytes):
+            data = carry + chunk
+            end = data.rfind(b"\n") + 1
+            carry = data[end:]
+            if end:
+                yield data[:end]
+
+
+def journal_chunks(path: Path, block_bytes: int = CHUNK_BYTES) -> Iterator[pl.DataFrame]:
+    """The live journal's lines, in order, a bounded block at a time (JOURNAL_SCHEMA)."""
+    for block in _line_blocks(path, block_bytes):
+        # Bytes straight to polars: a list of Python strings would cost several times the text.
+        yield pl.read_ndjson(block, schema=JOURNAL_SCHEMA)
+
+
+def intent_chunks(path: Path, block_bytes: int = CHUNK_BYTES) -> Iterator[pl.DataFrame]:
+    """The live intents' pairs (columns cu, pr), a bounded block at a time."""
+    for block in _line_blocks(path, block_bytes):
+        # One request per line, a JSON array of [customer, program]; the writer escapes every
+        # control character, so \x01 never occurs and each line is one field.
+        lines = pl.read_csv(
+            block, has_header=False, separator="\x01", quote_char=None, schema={"l": pl.String}
+        )
+        try:
+            decoded = lines.select(pl.col("l").str.json_decode(pl.List(pl.List(pl.String))))
+        except pl.exceptions.PolarsError:
+            yield _intents_slowly(block)
+            continue
+        yield (
+            decoded.explode("l")
+            .select(
+                cu=pl.col("l").list.get(0, null_on_oob=True),
+                pr=pl.col("l").list.get(1, null_on_oob=True),
+            )
+            .drop_nulls()
+        )
+
+
+def _intents_slowly(block: bytes) -> pl.DataFrame:
+    """Line by line, skipping what does not parse (a hand-edited or damaged file)."""
+    pairs: list[tuple[str, str]] = []
+    for line in block.decode("utf-8", errors="replace").splitlines():
+        try:
+            pairs.extend((str(c), str(p)) for c, p in json.loads(line))
+        except (ValueError, TypeError):
+            continue
+    return pl.DataFrame(pairs, schema={"cu": pl.String, "pr": pl.String}, orient="row")
+
+
+def folded_path(journal_path: Path) -> Path:
+    return journal_path.with_name(FOLDED_NAME)
+
+
+def read_folded(journal_path: Path) -> pl.DataFrame:
+    """The folded rows of a run folder (JOURNAL_SCHEMA), empty when it has none."""
+    path = folded_path(journal_path)
+    if not path.is_file():
+        return pl.DataFrame(schema=JOURNAL_SCHEMA)
+    return conform(pl.read_parquet(path))
+
+
+def conform(frame: pl.DataFrame) -> pl.DataFrame:
+    """JOURNAL_SCHEMA's columns in order; a column a fold older than the schema lacks is null."""
+    return frame.select(
+        (pl.col(name) if name in frame.columns else pl.lit(None)).cast(dtype).alias(name)
+        for name, dtype in JOURNAL_SCHEMA.items()
+    )
+
+
+def read_journal(path: Path) -> pl.DataFrame:
+    """The journal's outcomes, the last word per pair winning: the folded answers first, then
+    the live lines (a resumed run appends; a kill mid-fold may leave both)."""
+    folded = read_folded(path)
+    parts = [folded.filter(pl.col("s").is_not_null()), *journal_chunks(path)]
+    frame = pl.concat(parts) if len(parts) > 1 else parts[0]
+    return frame.unique(subset=PAIR, keep="last", maintain_order=True)
+
+
+def intent_pairs(journal_path: Path) -> pl.DataFrame:
+    """Every pair this folder's runs were about to send and that the fold kept (cu, pr)."""
+    folded = read_folded(journal_path).filter(pl.col("s").is_null()).select(PAIR)
+    live = list(intent_chunks(journal_path.with_name(INTENTS_NAME)))
+    return pl.concat([folded, *live]).unique() if live else folded.unique()
+
+
+def read_intents(path: Path) -> set[tuple[str, str]]:
+    """Every pair a run of this folder was about to send, less those the fold found settled
+    (see INTENTS_NAME)."""
+    pairs = intent_pairs(path)
+    return set(zip(pairs["cu"].to_list(), pairs["pr"].to_list(), strict=True))
+
+
+def _pairs_set(frame: pl.DataFrame) -> set[tuple[str, str]]:
+    return set(zip(frame["cu"].to_list(), frame["pr"].to_list(), strict=True))
+
+
+def unconfirmed_intents(
+    journal_path: Path, journal: pl.DataFrame | None = None
+) -> set[tuple[str, str]]:
+    """Pairs that were about to be sent and have no confirmed answer: a resume marks them as
+    maybe processed. Computed in polars; only the (usually few) survivors become Python."""
+    journal = read_journal(journal_path) if journal is None else journal
+    confirmed = journal.filter(pl.col("s").is_in(CONFIRMED)).select(PAIR)
+    left = intent_pairs(journal_path).join(confirmed, on=PAIR, how="anti")
+    return _pairs_set(left)
+
+
+def unconfirmed_sends(journal_path: Path) -> set[tuple[str, str]]:
+    """Pairs of a finished run that may have been processed although no answer said so.
+
+    Those given up as `retryable` after an attempt whose answer was lost, and those sent with
+    no journal line at all (in flight when the run was stopped at once, or killed). A later run
+    that hears "not linked" for one of them knows the delink was done.
+    """
+    journal = read_journal(journal_path)
+    flagged = journal.filter((pl.col("s") == Status.RETRYABLE.value) & pl.col("ms").fill_null(True))
+    unanswered = intent_pairs(journal_path).join(journal.select(PAIR), on=PAIR, how="anti")
+    return _pairs_set(unanswered) | _pairs_set(flagged)
+
+
+# --- folding ---------------------------------------------------------------------------------
+
+
+def promote_folded(tmp: Path, journal_path: Path) -> None:
+    """Make `tmp` (complete, fsynced) the folded journal, then drop the live logs.
+
+    Crash-safe at every step: before the rename the live logs are whole; after it the folded
+    file holds all they say (the same last word per pair), so a folder holding both reads the
+    same as either.
+    """
+    os.replace(tmp, folded_path(journal_path))
+    _fsync_dir(journal_path.parent)
+    for name in (JOURNAL_NAME, INTENTS_NAME):
+        journal_path.with_name(name).unlink(missing_ok=True)
+    _fsync_dir(journal_path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
