@@ -333,12 +333,19 @@ def report_command(run_dir: Path, out_path: Path | None) -> None:
     default=None,
     help="Simulator profile TOML (default: the built-in demo profile).",
 )
+@click.option(
+    "--log-every-request",
+    is_flag=True,
+    help="A log line for every request (default: a few a second, and a summary each second).",
+)
 @_friendly_errors
-def simulate(host: str, port: int, profile_path: str | None) -> None:
+def simulate(host: str, port: int, profile_path: str | None, log_every_request: bool) -> None:
     """Serve the Capillary simulator for rehearsals from another shell."""
     from batcher.simulator.serve import serve_forever
 
-    serve_forever(host=host, port=port, profile_path=profile_path)
+    serve_forever(
+        host=host, port=port, profile_path=profile_path, log_every_request=log_every_request
+    )
 
 
 @main.command()

@@ -12,6 +12,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import structlog
+import structlog.testing
+
+from batcher.simulator.serve import RequestLog
 from batcher.simulator.server import SimulatorThread
 from tests.conftest import mobile
 from tests.simulator_support import basic, body, profile
@@ -98,3 +102,35 @@ def test_simulator_thread_serves_snapshots_and_changes_faults() -> None:
         assert sim.still_linked(
             "mobile", [(mobile(1), "partner-01"), (mobile(1), "partner-02")]
         ) == [(mobile(1), "partner-02")]
+
+
+def _requests(log: RequestLog, n: int, status: str = "200") -> None:
+    for i in range(n):
+        log({"method": "POST", "path": "/x", "status": status, "request_id": f"r{i}", "note": ""})
+
+
+def test_the_request_log_samples_a_few_lines_a_second_and_summarises_them_all() -> None:
+    now = [100.0]
+    with structlog.testing.capture_logs() as events:
+        log = RequestLog(structlog.get_logger(), sampled_per_s=5, clock=lambda: now[0])
+        _requests(log, 90)
+        _requests(log, 10, status="429")
+        now[0] += 1.0
+        _requests(log, 3)
+        log.summarise()
+        log.summarise()  # nothing since: no line
+    lines = [e for e in events if e["event"] == "simulator.request"]
+    summaries = [e for e in events if e["event"] == "simulator.requests"]
+    assert len(lines) == 5 + 3
+    assert len(summaries) == 1
+    assert summaries[0]["requests"] == 103
+    assert summaries[0]["by_status"] == {"200": 93, "429": 10}
+    assert summaries[0]["not_logged"] == 95
+    assert summaries[0]["per_second"] == 103.0
+
+
+def test_the_request_log_logs_every_line_when_asked() -> None:
+    with structlog.testing.capture_logs() as events:
+        log = RequestLog(structlog.get_logger(), every_request=True)
+        _requests(log, 50)
+    assert [e["event"] for e in events] == ["simulator.request"] * 50
