@@ -2,6 +2,7 @@
 
     uv run python benchmarks/run.py [--requests 20000] [--trials 3] [--concurrency 8]
                                     [--big-pairs 1000000]
+    uv run python benchmarks/run.py --scale [500000,2000000,10000000]
 
 1. The simulator runs in a subprocess pinned to core 0, faults, latency and quota off.
 2. Yardstick: a bare aiohttp loop (its own process, core 1) posts 1-customer bodies at the same
@@ -10,6 +11,12 @@
 3. `batcher run` (the CLI, its own process, core 1) sends the same number of 1-customer
    requests (no quota to speak of), and its summary.json gives the send phase's requests/s.
 4. End to end: 1,000,000 pairs at 50 customers per request, wall time and the CLI's peak RSS.
+
+With --scale, instead: for each job size (5 programs per customer, 50 customers per request),
+`batcher run` end to end (peak RSS, the run folder's bytes per input pair after the run, pairs/s
+from start to exit) and, right after it, a bare aiohttp loop (uvloop) posting the same bodies
+(50 customers of 5 programs) to the same simulator, for the ratio. The load average is printed
+beside each figure: the machine is shared.
 
 Machines here are shared and noisy: read the ratio, not the absolute figures.
 """
@@ -23,6 +30,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -149,13 +157,141 @@ def _run_cli(job: Path) -> tuple[float, float, dict[str, Any]]:
     return seconds, usage.ru_maxrss / 1024, summary
 
 
+def _bare_pairs(base_url: str, first: int, customers: int, concurrency: int, out: Any) -> None:
+    """The yardstick for --scale: post `customers` customers, 50 a request, 5 programs each."""
+    _pin(1)
+    import aiohttp
+    import uvloop
+
+    md5 = hashlib.md5(b"demo-password").hexdigest()
+    headers = {
+        "Authorization": "Basic " + base64.b64encode(f"demo.till:{md5}".encode()).decode(),
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    }
+    programs = [{"partnerProgramName": f"partner-0{p}"} for p in range(1, 6)]
+
+    async def post_all() -> float:
+        starts = iter(range(first, first + customers, 50))
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=concurrency)
+        ) as session:
+
+            async def worker() -> None:
+                for start in starts:
+                    body = json.dumps(
+                        {
+                            "deLinkCustomers": [
+                                {
+                                    "customer": {"mobile": f"9198{i:08d}"},
+                                    "deLinkFromPartnerPrograms": programs,
+                                }
+                                for i in range(start, min(start + 50, first + customers))
+                            ]
+                        }
+                    ).encode()
+                    async with session.post(base_url + DELINK, data=body, headers=headers) as r:
+                        json.loads(await r.read())
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return time.perf_counter() - t0
+
+    out.put(customers * 5 / uvloop.run(post_all()))
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.1f}/{five:.1f}"
+
+
+def scale(sizes: list[int], concurrency: int) -> None:
+    """Peak RSS, run folder bytes per pair and pairs/s at each size, against the bare loop."""
+    biggest = max(sizes) // 5
+    ctx = multiprocessing.get_context("spawn")
+    url_q, stop = ctx.Queue(), ctx.Event()
+    # Customers of batcher's jobs first, then as many again for the bare loop: both delink.
+    server = ctx.Process(target=_serve, args=(url_q, stop, 2 * biggest + 10), daemon=True)
+    server.start()
+    base_url = url_q.get(timeout=600)
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            for pairs in sizes:
+                customers = pairs // 5
+                data = folder / f"pairs-{pairs}.parquet"
+                index = pl.int_range(0, customers * 5, eager=True)
+                pl.DataFrame({"i": index}).select(
+                    mobile=pl.format("9198{}", (pl.col("i") // 5).cast(pl.String).str.zfill(8)),
+                    partner_program_name=pl.format(
+                        "partner-0{}", (pl.col("i") % 5 + 1).cast(pl.String)
+                    ),
+                ).write_parquet(data)
+                load_before = _load()
+                job = _write_job(folder, base_url, data, 50, concurrency, f"s{pairs}")
+                seconds, rss_mb, summary = _run_cli(job)
+                run_dir = sorted((folder / "out" / f"bench-s{pairs}").iterdir())[-1]
+                per_pair = _folder_bytes(run_dir) / pairs
+                res_q = ctx.Queue()
+                bare = ctx.Process(
+                    target=_bare_pairs,
+                    args=(base_url, biggest + 5, customers, concurrency, res_q),
+                )
+                bare.start()
+                bare_pps = res_q.get(timeout=7200)
+                bare.join()
+                ours_pps = pairs / seconds
+                load_after = _load()
+                rows.append((pairs, rss_mb, per_pair, ours_pps, bare_pps, load_before, load_after))
+                print(
+                    f"{pairs:>11,} pairs: peak RSS {rss_mb:,.0f} MB, run folder "
+                    f"{per_pair:.1f} B/pair, {ours_pps:,.0f} pairs/s end to end "
+                    f"(send phase {summary['send_seconds']:.1f} s of {seconds:.1f} s), "
+                    f"bare loop {bare_pps:,.0f} pairs/s, ratio {ours_pps / bare_pps:.2f}, "
+                    f"load {load_before} -> {load_after}",
+                    flush=True,
+                )
+                shutil.rmtree(folder / "out", ignore_errors=True)
+                data.unlink()
+    finally:
+        stop.set()
+        server.join(timeout=60)
+    print()
+    print(
+        "| pairs | peak RSS | run folder per pair | batcher pairs/s | bare loop pairs/s "
+        "| ratio | load (1/5 min) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for pairs, rss_mb, per_pair, ours, bare_pps, before, after in rows:
+        print(
+            f"| {pairs:,} | {rss_mb:,.0f} MB | {per_pair:.1f} B | {ours:,.0f} | {bare_pps:,.0f} "
+            f"| {ours / bare_pps:.2f} | {before} -> {after} |"
+        )
+    print(f"peak RSS at the largest size / at the smallest: {rows[-1][1] / rows[0][1]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--big-pairs", type=int, default=1_000_000)
+    parser.add_argument(
+        "--scale",
+        nargs="?",
+        const="500000,2000000,10000000",
+        metavar="SIZES",
+        help="peak RSS, run folder size and pairs/s at these job sizes (pairs, comma-separated)",
+    )
     args = parser.parse_args()
+    if args.scale:
+        scale([int(n) for n in args.scale.split(",")], args.concurrency)
+        return
 
     customers = max(args.requests * 2 * args.trials, args.big_pairs // 5) + 10
     ctx = multiprocessing.get_context("spawn")

@@ -3,16 +3,17 @@
 A run's end writes `outcomes.parquet` (one row per input row), the failures file and the
 counts, then folds the journal small (results/journal.py). None of it holds the whole journal:
 
-1. The journal's lines (folded answers first, then the live log) are spilled in blocks, each
-   sorted by `k` (the row's _key when the line was written) with its line number `q`.
-2. Each range of rows takes the lines whose `k` falls in it (parquet statistics skip the rest),
-   keeps the last word per pair, and is assembled by `assemble_outcomes`, the very function
-   that once ran on everything: the answer a row gets is its own pair's, as before.
+1. The journal's lines (folded answers first, then the live log) are read a block at a time,
+   numbered (`q`), and spilled to one file per range of rows their `k` (the row's _key when
+   the line was written) falls in.
+2. Each range of rows reads its own lines, checks that each names its row (below), keeps
+   the last word per row and is assembled by `assemble_outcomes`, the function that once ran
+   on everything, joining on the key: the answer a row gets is its own pair's, as before.
 3. The parts are streamed into the result files and into the folded journal.
 
 Step 2 is exact when every line's `k` is the key of the valid row holding that line's pair,
 which holds unless a resume was forced over a changed input; that is checked range by range,
-and when it fails the whole journal is assembled in memory instead.
+and when it fails the whole journal is assembled in memory, matched by pair, as before.
 """
 
 from __future__ import annotations
@@ -42,8 +43,7 @@ from batcher.results.journal import (
 from batcher.results.outcomes import CONFIRMED, STATUSES, Status
 
 WORK_DIR = ".assembly"  # scratch space of one assembly, removed when it ends (or at the next)
-RANGE_ROWS = 500_000  # rows assembled at a time: bounds the memory, whatever the job's size
-_SPILL_ROW_GROUP = 65_536
+RANGE_ROWS = 250_000  # rows assembled at a time: bounds the memory, whatever the job's size
 _FOLDED_SLICE = 2_000_000
 
 
@@ -66,24 +66,37 @@ def assemble_outcomes(
     journal: pl.DataFrame,
     columns: list[str],
     unsent: str | None = None,
+    *,
+    by_key: bool = False,
 ) -> pl.DataFrame:
     """One outcome per input row: journalled answers for sent rows, validation for the rest.
 
     A valid row with no journal entry was never answered: it is `retryable` with the message
     `unsent`, never lost.
     Journal lines are matched by pair (customer, program), so that a resume whose input was
-    changed (with --force) still gives each row the answer its own pair got.
+    changed (with --force) still gives each row the answer its own pair got. `by_key`: match
+    them by `k` instead, for a journal already checked to name each line's row by its key
+    (see _check_keys): the same rows, for a join on one integer instead of two strings.
     """
     valid = pl.col("status") == "valid"
-    # Only valid rows were sent: a duplicate shares its pair with the row it repeats, but not
-    # that row's answer (null keys never match).
-    joined = rows.join(
-        journal.select(*JOURNAL_SCHEMA).drop("k"),
-        left_on=[pl.when(valid).then(pl.col("_customer")), pl.when(valid).then(pl.col("_program"))],
-        right_on=["cu", "pr"],
-        how="left",
-        maintain_order="left",
-    )
+    answers = journal.select(*JOURNAL_SCHEMA)
+    if by_key:
+        joined = rows.join(
+            answers.drop(PAIR), left_on="_key", right_on="k", how="left", maintain_order="left"
+        )
+    else:
+        # Only valid rows were sent: a duplicate shares its pair with the row it repeats, but
+        # not that row's answer (null keys never match).
+        joined = rows.join(
+            answers.drop("k"),
+            left_on=[
+                pl.when(valid).then(pl.col("_customer")),
+                pl.when(valid).then(pl.col("_program")),
+            ],
+            right_on=["cu", "pr"],
+            how="left",
+            maintain_order="left",
+        )
     out = joined.select(
         "row",
         *(["source_file"] if "source_file" in rows.columns else []),
@@ -168,8 +181,7 @@ def assemble_run(
     try:
         parts = _Parts(work)
         try:
-            spilled = _spill_journal(journal_path, work)
-            _assemble_by_range(rows, spilled, columns, unsent, parts, range_rows)
+            _assemble_by_range(rows, journal_path, work, columns, unsent, parts, range_rows)
         except _KeysDisagree:
             parts = _Parts(work, "whole")
             journal = read_journal(journal_path)
@@ -225,21 +237,26 @@ def _pair_hash() -> pl.Expr:
     return pl.struct(*PAIR).hash().alias("h")
 
 
-def _spill_journal(journal_path: Path, work: Path) -> list[Path]:
-    """The journal's lines in blocks on disk, each sorted by k, with their order in `q`."""
-    files: list[Path] = []
+def _spill_journal(
+    journal_path: Path, work: Path, range_rows: int
+) -> tuple[dict[int, list[Path]], int]:
+    """The journal's lines on disk, one file per (block read, range of rows its `k` falls in),
+    with each line's order in `q`; and how many lines there were."""
+    spilled: dict[int, list[Path]] = {}
     seq = 0
-    for block in _journal_blocks(journal_path):
+    for number, block in enumerate(_journal_blocks(journal_path)):
         if block.height == 0:
             continue
-        block = block.with_columns(q=pl.int_range(seq, seq + block.height, dtype=pl.Int64))
-        seq += block.height
-        path = work / f"spill-{len(files):05d}.parquet"
-        block.sort("k", "q").write_parquet(
-            path, compression="lz4", statistics=True, row_group_size=_SPILL_ROW_GROUP
+        block = block.with_columns(
+            q=pl.int_range(seq, seq + block.height, dtype=pl.Int64),
+            r=(pl.col("k") // range_rows).fill_null(-1),  # -1: no key, never in a range
         )
-        files.append(path)
-    return files
+        seq += block.height
+        for (r,), part in block.partition_by("r", as_dict=True, include_key=False).items():
+            path = work / f"spill-{r}-{number:05d}.parquet"
+            part.write_parquet(path, compression="lz4")
+            spilled.setdefault(int(r), []).append(path)
+    return spilled, seq
 
 
 def _journal_blocks(journal_path: Path) -> Iterator[pl.DataFrame]:
@@ -255,42 +272,39 @@ def _journal_blocks(journal_path: Path) -> Iterator[pl.DataFrame]:
 
 def _assemble_by_range(
     rows: pl.DataFrame,
-    spilled: list[Path],
+    journal_path: Path,
+    work: Path,
     columns: list[str],
     unsent: str | None,
     parts: _Parts,
     range_rows: int,
 ) -> None:
-    lines_total = pl.scan_parquet(spilled).select(pl.len()).collect().item() if spilled else 0
+    spilled, lines_total = _spill_journal(journal_path, work, range_rows)
     lines_seen = 0
-    for lo in range(0, max(rows.height, 1), range_rows):
+    empty = pl.DataFrame(schema={**JOURNAL_SCHEMA, "q": pl.Int64})
+    for number, lo in enumerate(range(0, max(rows.height, 1), range_rows)):
         chunk = rows.slice(lo, range_rows)
         hi = lo + chunk.height
         keys = chunk.get_column("_key")
         if chunk.height and (keys[0] != lo or keys[-1] != hi - 1):
             raise _KeysDisagree  # rows are always numbered 0..N-1 in order; be sure
-        if spilled:
-            lines = (
-                pl.scan_parquet(spilled)
-                .filter(pl.col("k").is_between(lo, hi, closed="left"))
-                .collect()
-            )
-        else:
-            lines = pl.DataFrame(schema={**JOURNAL_SCHEMA, "q": pl.Int64})
+        files = spilled.get(number, [])
+        lines = pl.concat([pl.read_parquet(f) for f in files]) if files else empty
         lines_seen += lines.height
-        # The last word per pair, as read_journal keeps it.
-        answers = lines.sort("q").unique(subset=PAIR, keep="last", maintain_order=True)
-        _check_keys(chunk, answers)
-        parts.add(chunk, answers, assemble_outcomes(chunk, answers, columns, unsent), columns)
+        _check_keys(chunk, lines)
+        # The last word per row, which (checked above) is the last word per pair.
+        answers = lines.sort("q").filter(pl.col("k").is_last_distinct())
+        out = assemble_outcomes(chunk, answers, columns, unsent, by_key=True)
+        parts.add(chunk, answers, out, columns)
     if lines_seen != lines_total:
         raise _KeysDisagree  # some lines' keys fall outside the rows (or are missing)
 
 
-def _check_keys(chunk: pl.DataFrame, answers: pl.DataFrame) -> None:
-    """Every answer's k must name the valid row of its own pair, or ranges would mismatch."""
-    if answers.height == 0:
+def _check_keys(chunk: pl.DataFrame, lines: pl.DataFrame) -> None:
+    """Every line's k must name the valid row of its own pair, or ranges would mismatch."""
+    if lines.height == 0:
         return
-    owners = answers.select("k", *PAIR).join(
+    owners = lines.select("k", *PAIR).join(
         chunk.select("_key", "_customer", "_program", "status"),
         left_on="k",
         right_on="_key",
