@@ -40,6 +40,13 @@ def _check_output_url(path: Path, url: str) -> None:
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise _fail(
+            path,
+            "output.dir",
+            "carries credentials or a query string (a signed URL holds a secret)",
+            "the plain bucket URL; credentials come from the cloud's environment variables",
+        )
     if parts.scheme.lower() in ("http", "https") or not parts.netloc:
         raise _fail(
             path,

@@ -94,6 +94,15 @@ def parse_url(text: str) -> ObjectUrl:
         raise InputError(
             f"{text} names no bucket.", hint="Write it as s3://bucket/path (or gs://, az://)."
         )
+    if parts.username or parts.password or parts.query or parts.fragment:
+        # A signed URL (a SAS token, X-Amz-Signature) or user:password@ carries a secret,
+        # which would land in the manifest, the summary and the logs.
+        raise InputError(
+            f"{_redacted(parts)} carries credentials or a query string, and secrets never go in "
+            "a job file or on the command line.",
+            hint="Give the plain URL and put the credentials in the cloud's environment "
+            "variables (AZURE_STORAGE_SAS_KEY for a SAS token).",
+        )
     if scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
         raise InputError(
             f"{text} is plain http to a non-loopback host: customer data would cross the "
@@ -101,6 +110,11 @@ def parse_url(text: str) -> ObjectUrl:
             hint="Use https://.",
         )
     return ObjectUrl(text, cloud, f"{scheme}://{parts.netloc}", parts.path.lstrip("/"))
+
+
+def _redacted(parts: Any) -> str:
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{parts.path}" + ("?..." if parts.query else "")
 
 
 def storage_options(options: Mapping[str, Any] | None) -> dict[str, str]:
@@ -199,9 +213,17 @@ def open_store(url: ObjectUrl, options: Mapping[str, str]) -> Any:
         client.setdefault("allow_http", "true")  # loopback only (parse_url refuses the rest)
     # A few quick retries: a wrong endpoint or a missing bucket should fail in seconds.
     retry = {"max_retries": 2, "retry_timeout": _timedelta(30)}
+    extra_auth: dict[str, Any] = {}
+    if (
+        url.cloud == "s3"
+        and os.environ.get("AWS_PROFILE")
+        and not os.environ.get("AWS_ACCESS_KEY_ID")
+    ):
+        extra_auth["credential_provider"] = _profile_credentials()
     # No client_options at all unless some are set: an empty table would replace the ones
     # the store reads from the environment (AWS_ALLOW_HTTP for a loopback endpoint, ...).
     extra: dict[str, Any] = {"client_options": client} if client else {}
+    extra.update(extra_auth)
     try:
         if url.cloud == "https":
             return from_url(url.root, retry_config=retry, **extra)
@@ -212,6 +234,20 @@ def open_store(url: ObjectUrl, options: Mapping[str, str]) -> Any:
             hint="Check [input] storage_options in the job file (object_store configuration "
             "keys such as aws_region or aws_endpoint).",
         ) from e
+
+
+def _profile_credentials() -> Any:
+    """AWS_PROFILE's credentials, read by boto3 (object_store itself does not read profiles)."""
+    try:
+        import boto3
+        from obstore.auth.boto3 import Boto3CredentialProvider
+    except ImportError:
+        raise InputError(
+            "AWS_PROFILE is set, and reading a profile needs boto3, which is not installed.",
+            hint="Install boto3 beside batcher (uv pip install boto3), or export "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead.",
+        ) from None
+    return Boto3CredentialProvider(boto3.Session())
 
 
 def _timedelta(seconds: float) -> Any:

@@ -525,3 +525,41 @@ def test_an_excel_workbook_in_a_bucket(aws: dict[str, str], bucket: str, tmp_pat
     bodies = preview["first_requests"]
     sent = [c["customer"]["mobile"] for body in bodies for c in body["deLinkCustomers"]]
     assert sent == ["919800000001", "919800000002"]
+
+
+def test_aws_profile_credentials_are_read_from_the_shared_credentials_file(
+    aws: dict[str, str], bucket: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    put_table(aws["AWS_ENDPOINT_URL"], bucket, "pairs.parquet", pairs_frame(range(4)))
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text(
+        "[handoff]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
+    )
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_PROFILE", "handoff")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    job = cloud_job(tmp_path, f"s3://{bucket}/pairs.parquet", "simulator")
+
+    result = CliRunner().invoke(main, ["validate", str(job)])
+
+    assert result.exit_code == 0, result.output
+    assert read_summary(only_run_dir(tmp_path / "out", "cloud"))["input"]["rows"] == 8
+
+
+def test_a_signed_url_or_user_password_is_refused_and_never_echoed(tmp_path: Path) -> None:
+    for url in (
+        "https://acct.blob.core.windows.net/c/pairs.csv?sv=2024&sig=SECRETSIG",
+        "https://user:SECRETPW@files.example.com/pairs.csv",
+    ):
+        job = cloud_job(tmp_path, url, "simulator")
+        result = CliRunner().invoke(main, ["validate", str(job)])
+        assert result.exit_code == 2
+        assert "carries credentials or a query string" in result.output
+        assert "SECRET" not in result.output
+
+
+def test_an_output_url_with_a_query_is_refused(tmp_path: Path) -> None:
+    job = cloud_job(tmp_path, "s3://b/x.csv", "simulator", output="s3://bkt/r?X-Amz-Signature=S")
+    with pytest.raises(JobError, match=r"output\.dir' carries credentials or a query string"):
+        load_job(job)
