@@ -9,27 +9,35 @@ folder, and upload again when they finish.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import structlog
 
 from batcher.errors import BatcherError
 from batcher.input import cloud
+from batcher.input.tables import TableFormat
 from batcher.job import Job
+from batcher.runs.rundir import (
+    FAILURES_STEM,
+    OUTCOMES_NAME,
+    PLAN_PREVIEW_NAME,
+    REJECTS_STEM,
+    REPORT_NAME,
+    SUMMARY_NAME,
+)
+
+TABLE_FORMATS: tuple[str, ...] = get_args(TableFormat)
 
 log = structlog.get_logger("batcher.runs.upload")
 
-# What the data team picks up; the journal, intents, lock and manifest stay in staging.
+# What the data team picks up (every name from rundir, which owns them); the journal, intents,
+# manifest and log stay in staging.
 UPLOADED = (
-    "outcomes.parquet",
-    "failures.csv",
-    "failures.parquet",
-    "failures.xlsx",
-    "rejects.csv",
-    "rejects.parquet",
-    "rejects.xlsx",
-    "plan-preview.json",
-    "summary.json",
-    "report.html",
+    OUTCOMES_NAME,
+    *(f"{stem}.{fmt}" for stem in (FAILURES_STEM, REJECTS_STEM) for fmt in TABLE_FORMATS),
+    PLAN_PREVIEW_NAME,
+    SUMMARY_NAME,
+    REPORT_NAME,
 )
 
 

@@ -238,8 +238,8 @@ def test_results_are_uploaded_to_the_bucket_and_read_back(
     summary = json.loads(s3.get_object(Bucket=bucket, Key=prefix + "summary.json")["Body"].read())
     assert summary["counts"]["delinked"] == 40 and summary["counts"]["failed"] == 1
     assert summary["settings"]["output"]["dir"] == f"s3://{bucket}/results"
-    # The journal and the lock stay in the staging folder.
-    assert (staging / "journal.jsonl").is_file()
+    # What a resume needs stays in the staging folder, and only there.
+    assert (staging / "manifest.json").is_file()
 
 
 def test_validate_uploads_its_rejects_and_summary(
