@@ -94,7 +94,9 @@ def parse_url(text: str) -> ObjectUrl:
         raise InputError(
             f"{text} names no bucket.", hint="Write it as s3://bucket/path (or gs://, az://)."
         )
-    if parts.username or parts.password or parts.query or parts.fragment:
+    # abfs://container@account.dfs.core.windows.net/... names a container, not a user.
+    user = parts.username if scheme not in ("abfs", "abfss") else None
+    if user or parts.password or parts.query or parts.fragment:
         # A signed URL (a SAS token, X-Amz-Signature) or user:password@ carries a secret,
         # which would land in the manifest, the summary and the logs.
         raise InputError(

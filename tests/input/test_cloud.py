@@ -430,6 +430,15 @@ def test_which_environments_count_as_credentials() -> None:
     assert azure is not None and "AZURE_STORAGE_ACCOUNT_KEY" in azure
 
 
+def test_object_urls_split_into_a_store_root_and_a_key() -> None:
+    abfs = parse_url("abfss://handoffs@acct.dfs.core.windows.net/delink/pairs-*.csv")
+    assert (abfs.cloud, abfs.root) == ("azure", "abfss://handoffs@acct.dfs.core.windows.net")
+    assert abfs.key == "delink/pairs-*.csv"
+    gcs = parse_url("gs://bkt/a/b.parquet")
+    assert (gcs.cloud, gcs.root, gcs.key) == ("gcs", "gs://bkt", "a/b.parquet")
+    assert parse_url("az://container/x.xlsx").cloud == "azure"
+
+
 def test_key_globs_stay_within_a_folder_unless_doubled() -> None:
     assert glob_regex("exports/pairs-*.csv").match("exports/pairs-1.csv")
     assert not glob_regex("exports/pairs-*.csv").match("exports/old/pairs-1.csv")
