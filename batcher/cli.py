@@ -7,12 +7,13 @@ rows failed, retryable or rejected; 2 the job, input or credentials are unusable
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import click
 
@@ -70,11 +71,16 @@ _output_option = click.option(
 @_friendly_errors
 def validate(job_file: str, input_path: str | None, output_dir: str | None) -> None:
     """Load, check and plan JOB_FILE's input; send nothing."""
-    from batcher.job import load_job
-    from batcher.runs.validate import validate_job
+    _validate(job_file, input_path, output_dir)
 
-    job = load_job(job_file).with_overrides(input_path=input_path, output_dir=output_dir)
-    sys.exit(validate_job(job))
+
+def _validate(job: str, input_path: str | None, output_dir: str | None) -> None:
+    import batcher
+    from batcher.runs.validate import print_summary
+
+    result = batcher.validate_job(job, input=input_path, output=output_dir)
+    print_summary(result.summary, result.run_dir)
+    sys.exit(result.exit_code)
 
 
 def _run_options(fn: Callable[P, R]) -> Callable[P, R]:
@@ -107,23 +113,26 @@ def _run_options(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def _send(
-    start: Callable[[Any], RunResult | None],
+    start: Callable[..., RunResult | None],
     *,
     quota_per_s: float,
     quiet: bool,
     progress_every_s: float,
     log_format: str,
 ) -> None:
-    """Configure logging and progress, run `start(progress)`, print the summary, exit."""
+    """Call the API's `start` with the display and logging options, print the summary, exit."""
     from rich.console import Console
 
-    from batcher.present import logs
     from batcher.present.console import print_run_summary
     from batcher.present.progress import Progress
 
-    logs.configure(log_format=log_format, level="warning" if quiet else "info")  # type: ignore[arg-type]
     progress = Progress.choose(quiet=quiet, quota_per_s=quota_per_s, every_s=progress_every_s)
-    result = start(progress)
+    result = start(
+        progress=progress,
+        progress_every_s=progress_every_s,
+        log_format=log_format,
+        log_level="warning" if quiet else "info",
+    )
     if result is None:
         click.echo("Nothing to do: no rows with those statuses.")
         sys.exit(0)
@@ -175,37 +184,31 @@ def run(
     On a terminal it shows the plan and asks before sending (--yes skips the question);
     off a terminal (cron, Airflow) it never asks.
     """
+    import batcher
     from batcher.job import load_job
 
-    job = load_job(job_file).with_overrides(
-        input_path=input_path, base_url=base_url, output_dir=output_dir, max_pairs=max_pairs
-    )
     if dry_run:
-        from batcher.runs.validate import validate_job
-
-        sys.exit(validate_job(job))
-    from batcher.runs.execute import execute
-    from batcher.runs.lineage import newest_unfinished, resume
-
-    def send(start: Callable[[Any], RunResult | None]) -> None:
-        _send(
-            start,
-            quota_per_s=job.api.quota.rate_per_s,
-            quiet=quiet,
-            progress_every_s=progress_every_s,
-            log_format=log_format,
-        )
-
-    if resume_newest:
-        target = newest_unfinished(job)
-        if target is None:
-            raise BatcherError(
-                f"Job {job.name} has no unfinished run to resume.",
-                hint=f"Start a new run: batcher run {job_file}",
-            )
-        send(lambda p: resume(target, force=force, progress=p, wait_for_lock=wait_for_lock))
+        _validate(job_file, input_path, output_dir)
+    job = load_job(job_file)
     confirm = None if assume_yes or not sys.stdin.isatty() else _ask_before_sending
-    send(lambda p: execute(job, progress=p, wait_for_lock=wait_for_lock, confirm=confirm))
+    _send(
+        functools.partial(
+            batcher.run_job,
+            job,
+            input=input_path,
+            base_url=base_url,
+            output=output_dir,
+            resume=resume_newest,
+            force=force,
+            wait=wait_for_lock,
+            max_pairs=max_pairs,
+            confirm=None if resume_newest else confirm,
+        ),
+        quota_per_s=job.api.quota.rate_per_s,
+        quiet=quiet,
+        progress_every_s=progress_every_s,
+        log_format=log_format,
+    )
 
 
 def _ask_before_sending(preview: PlanPreview) -> bool:
@@ -248,10 +251,10 @@ def resume_command(
     log_format: str,
 ) -> None:
     """Carry on an interrupted run; pairs with a confirmed outcome are not sent again."""
-    from batcher.runs.lineage import resume
+    import batcher
 
     _send(
-        lambda p: resume(run_dir, force=force, progress=p, wait_for_lock=wait_for_lock),
+        functools.partial(batcher.resume_run, run_dir, force=force, wait=wait_for_lock),
         quota_per_s=_quota_of_run(run_dir),
         quiet=quiet,
         progress_every_s=progress_every_s,
@@ -278,11 +281,11 @@ def retry_command(
     log_format: str,
 ) -> None:
     """A new run of RUN_DIR's job over its retryable (with --all, also failed) rows."""
-    from batcher.runs.lineage import retry
+    import batcher
 
     _send(
-        lambda p: retry(
-            run_dir, include_failed=include_failed, progress=p, wait_for_lock=wait_for_lock
+        functools.partial(
+            batcher.retry_run, run_dir, include_failed=include_failed, wait=wait_for_lock
         ),
         quota_per_s=_quota_of_run(run_dir),
         quiet=quiet,

@@ -133,6 +133,27 @@ class SafetySettings:
         return self.stop_if_failed_share < 1.0
 
 
+NotifyEvent = Literal["finished", "stopped", "failed"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("finished", "stopped", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySettings:
+    """[notify]: Apprise URLs told how a run ended. `${VAR}` in a URL is read from the
+    environment when the message is sent, so the secret never reaches a file."""
+
+    urls: tuple[str, ...] = ()
+    on: tuple[NotifyEvent, ...] = NOTIFY_EVENTS
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """[metrics]: a Prometheus textfile (node_exporter's collector) and/or a Pushgateway."""
+
+    textfile: Path | None = None
+    pushgateway: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """Everything a run needs to know, resolved: paths are absolute."""
@@ -148,6 +169,8 @@ class Job:
     # [output] dir as an object-storage URL: results are uploaded there, `output_dir` is then
     # the local staging folder (journal, lock and every file, before the upload).
     output_url: str | None = None
+    notify: NotifySettings = NotifySettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @property
     def base_dir(self) -> Path:
@@ -232,6 +255,28 @@ class Job:
             "simulator": {
                 "profile": str(self.simulator_profile) if self.simulator_profile else None
             },
+            # Only when set, so summaries of jobs without them are as before. Notify URLs by
+            # scheme only: even unexpanded, a URL may carry a token written into the job.
+            **(
+                {
+                    "notify": {
+                        "services": [u.partition(":")[0] for u in self.notify.urls],
+                        "on": list(self.notify.on),
+                    }
+                }
+                if self.notify.urls
+                else {}
+            ),
+            **(
+                {
+                    "metrics": {
+                        "textfile": str(self.metrics.textfile) if self.metrics.textfile else None,
+                        "pushgateway": self.metrics.pushgateway,
+                    }
+                }
+                if self.metrics.textfile or self.metrics.pushgateway
+                else {}
+            ),
         }
 
 
@@ -368,6 +413,31 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
     },
     "simulator": {
         "profile": _Key(str, "a simulator profile TOML file, relative to the job file", bool),
+    },
+    "notify": {
+        "urls": _Key(
+            list,
+            'a list of Apprise URLs such as ["slack://${SLACK_TOKEN}/#ops", '
+            '"json://host:8080/hook"]; secrets as ${VAR}, read from the environment',
+            lambda v: all(isinstance(u, str) and "://" in u for u in v),
+        ),
+        "on": _Key(
+            list,
+            'a list of "finished", "stopped", "failed" (default all three)',
+            lambda v: all(e in NOTIFY_EVENTS for e in v),
+        ),
+    },
+    "metrics": {
+        "textfile": _Key(
+            str,
+            "a .prom file path for node_exporter's textfile collector, relative to the job file",
+            lambda v: v.endswith(".prom"),
+        ),
+        "pushgateway": _Key(
+            str,
+            'a Prometheus Pushgateway URL such as "http://pushgateway:9091"',
+            lambda v: v.startswith(("http://", "https://")),
+        ),
     },
 }
 
@@ -543,6 +613,8 @@ def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
     output = _check_section(job_path, "output", sections.get("output", {}))
     sim = _check_section(job_path, "simulator", sections.get("simulator", {}))
     safety = _check_section(job_path, "safety", sections.get("safety", {}))
+    notify = _check_section(job_path, "notify", sections.get("notify", {}))
+    metrics = _check_section(job_path, "metrics", sections.get("metrics", {}))
 
     base_url = api["base_url"].rstrip("/") if api["base_url"] != SIMULATOR else SIMULATOR
     _check_base_url(job_path, base_url)
@@ -648,4 +720,13 @@ def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
             max_pairs=safety.get("max_pairs"),
         ),
         output_url=output_url,
+        notify=NotifySettings(
+            urls=tuple(notify.get("urls", ())), on=tuple(notify.get("on", NOTIFY_EVENTS))
+        ),
+        metrics=MetricsSettings(
+            textfile=(job_path.parent / metrics["textfile"]).resolve()
+            if "textfile" in metrics
+            else None,
+            pushgateway=metrics.get("pushgateway"),
+        ),
     )

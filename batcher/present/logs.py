@@ -29,7 +29,8 @@ _MOBILE_RE = re.compile(r"(?<![0-9A-Za-z])\+?([0-9]{2})[0-9]{2,9}([0-9]{4})(?![0
 _EMAIL_RE = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
 # Values of these keys are ours, not customers': leave their digits alone.
 _UNMASKED_KEYS = frozenset({"timestamp", "run_id", "request_id", "job", "event", "level", "logger"})
-_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+# "silent": nothing on stderr, every event still in the run log (the Python API's default).
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50, "silent": 100}
 
 
 def mask_text(text: str) -> str:
@@ -127,6 +128,14 @@ def configure(
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+
+
+def ensure_configured() -> None:
+    """For library use: when nobody configured structlog, route batcher's events to the run log
+    only (structlog's default would print them on stdout). A configuration of the host's or the
+    CLI's is left as it is."""
+    if not structlog.is_configured():
+        configure(level="silent")
 
 
 def open_run_log(path: Path, secrets: Iterable[str]) -> None:

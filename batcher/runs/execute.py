@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import shutil
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -110,8 +111,10 @@ def _install_signal_handlers(sender: Sender, main_task: asyncio.Task[Any]) -> li
             main_task.cancel()
 
     installed: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        return installed  # run_job_async's worker thread: signals stay with the host
     for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, on_signal, sig)
             installed.append(sig)
     return installed

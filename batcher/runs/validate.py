@@ -149,8 +149,9 @@ def print_summary(summary: ValidateSummary, run_dir: Path, console: Console | No
     console.print(f"Written to {run_dir}")
 
 
-def validate_job(job: Job, console: Console | None = None) -> int:
-    """Load, check and plan the job's input; write rejects, plan preview and summary. Exit code."""
+def validate(job: Job) -> tuple[RunDir, ValidateSummary, int]:
+    """Load, check and plan the job's input; write rejects, plan preview and summary; upload
+    them to a bucket output dir. The exit code: 1 when that upload failed."""
     started_at = _now()
     # Load first: an unusable input raises InputError before any run folder exists.
     check_output(job)  # an output bucket that cannot be reached: refused before any work
@@ -173,6 +174,5 @@ def validate_job(job: Job, console: Console | None = None) -> int:
         outputs={"rejects": rejects.name if rejects else None, "plan_preview": preview.name},
     )
     folder.write_summary(summary)
-    print_summary(summary, folder.path, console)
     # With a bucket output dir, the data team finds the rejects there too.
-    return 0 if upload_results_or_log(job, folder.path) else 1
+    return folder, summary, 0 if upload_results_or_log(job, folder.path) else 1
