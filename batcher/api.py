@@ -29,6 +29,7 @@ from batcher.results.summary import ValidateSummary
 from batcher.runs import lineage
 from batcher.runs.execute import RunResult, execute
 from batcher.runs.preflight import Confirm
+from batcher.runs.rundir import RunDir
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -284,10 +285,21 @@ def _org_of(summary_org: dict[str, Any] | None) -> str:
 
 
 def _tell_result(job: Job, result: RunResult) -> None:
-    from batcher.present import metrics, notify
 
     s = result.summary
     org = _org_of(s.org)
+    # What happens to the notices goes into the run's own log, after its other events.
+    logs.open_run_log(RunDir(result.run_dir).log_path, ())
+    try:
+        _publish_and_notify(job, result, org)
+    finally:
+        logs.close_run_log()
+
+
+def _publish_and_notify(job: Job, result: RunResult, org: str) -> None:
+    from batcher.present import metrics, notify
+
+    s = result.summary
     metrics.publish(
         job,
         metrics.RunFigures(

@@ -63,7 +63,7 @@ def service_of(url: str) -> str:
     return url.partition("://")[0] or "?"
 
 
-def send(settings: NotifySettings, message: Message, *, backoff_s: float = BACKOFF_S) -> int:
+def send(settings: NotifySettings, message: Message) -> int:
     """Deliver `message` to every URL (if its event is wanted); returns how many took it."""
     if message.event not in settings.on or not settings.urls:
         return 0
@@ -90,7 +90,7 @@ def send(settings: NotifySettings, message: Message, *, backoff_s: float = BACKO
                 break
             log.warning("notify.failed", service=service, attempt=attempt, attempts=ATTEMPTS)
             if attempt < ATTEMPTS:
-                time.sleep(backoff_s * attempt)
+                time.sleep(BACKOFF_S * attempt)
     return delivered
 
 
