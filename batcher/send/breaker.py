@@ -97,7 +97,7 @@ class ShareBreaker(Generic[K]):
 
 FailureKind = tuple[int | None, str | None]
 
-# What to check, by the dominant code (see CONTRACT.md's item codes).
+# What to check, by the dominant code (see docs/api-contract.md's item codes).
 _FAILURE_HINTS: dict[int, str] = {
     2006: "check the program names against the org's partner programs",
     2008: "check the programs per customer (programs_per_customer)",

@@ -1,6 +1,6 @@
 """deLinkCustomer on the wire: request bodies, both response shapes, and what each code means.
 
-See ../shared/api/CONTRACT.md. Results are matched to what was asked by identifier and program
+See docs/api-contract.md. Results are matched to what was asked by identifier and program
 name, never by position: no source promises order or completeness.
 """
 

@@ -1,6 +1,6 @@
 """What the simulator answers, byte for byte: both deLinkCustomer shapes and the error bodies.
 
-Written from the published API contract, independently of batcher.send.contract (which parses
+Written from the API contract (docs/api-contract.md), independently of batcher.send.contract (which parses
 these): sharing the parser would let a misreading pass its own test.
 """
 
