@@ -1,7 +1,7 @@
 """Simulator profiles: one TOML file says how the stand-in API behaves.
 
-Every *unknown* of the API contract (docs/api-contract.md) is a knob here. A profile is a frozen value;
-tests build variants in code with `profile_from_dict({...})` or `dataclasses.replace`.
+Every *unknown* of the API contract (docs/api-contract.md) is a knob here. A profile is a frozen
+value; tests build variants in code with `profile_from_dict({...})` or `dataclasses.replace`.
 
 ```toml
 seed = 7

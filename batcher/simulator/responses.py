@@ -1,7 +1,7 @@
 """What the simulator answers, byte for byte: both deLinkCustomer shapes and the error bodies.
 
-Written from the API contract (docs/api-contract.md), independently of batcher.send.contract (which parses
-these): sharing the parser would let a misreading pass its own test.
+Written from the API contract (docs/api-contract.md), independently of batcher.send.contract
+(which parses these): sharing the parser would let a misreading pass its own test.
 """
 
 from __future__ import annotations
