@@ -33,10 +33,6 @@ class PlannedRequest:
         """The request body exactly as sent."""
         return build_body(identifier or self.identifier, self.entries)
 
-    @property
-    def pair_count(self) -> int:
-        return sum(len(k) for k in self.keys)
-
 
 @dataclass(frozen=True, slots=True)
 class PlanFigures:

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from rich.console import Console
 
 from batcher.present.progress import Progress, eta_s, render, take_figures
-from batcher.send.sender import RunStats
+from batcher.send.stats import RunStats
 from tests.conftest import DEMO_ENV, REPO, Sim, clean_profile, run_cli, write_job, write_pairs
 
 

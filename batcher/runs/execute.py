@@ -33,7 +33,7 @@ from batcher.runs.rundir import Manifest, ManifestInput, PlanParameters, RunDir,
 from batcher.runs.upload import check_output, upload_results_or_log
 from batcher.runs.validate import input_file_facts, plan_summary, write_rejects
 from batcher.send.auth import Authenticator, Credentials, OrgGuard, credentials_from_env
-from batcher.send.sender import Sender
+from batcher.send.sender import Sender, SendResult
 from batcher.send.session import make_session
 from batcher.send.stats import RunStats
 
@@ -122,7 +122,7 @@ def _install_signal_handlers(sender: Sender, main_task: asyncio.Task[Any]) -> li
 
 async def _send_all(
     job: Job, profile: Profile | None, credentials: Credentials, sender: Sender, org: OrgGuard
-) -> None:
+) -> SendResult:
     async with _api_base_url(job, profile) as base_url:
         auth = Authenticator(credentials, base_url, refresh_margin_s=job.api.token_refresh_margin_s)
         task = asyncio.current_task()
@@ -134,9 +134,8 @@ async def _send_all(
                     # OAuth: the token first, so its claims name the org before anything is sent.
                     org.from_token(await auth.prepare(session))
                 except RunStopped as e:  # the wrong org, or the key and secret refused
-                    sender.refuse(e)
-                    return
-                await sender.run(session, base_url, auth)
+                    return sender.refuse(e)
+                return await sender.run(session, base_url, auth)
         finally:
             org.settle()
             loop = asyncio.get_running_loop()
@@ -327,7 +326,7 @@ def send(prepared: Prepared, progress: Any = None) -> Sent:
     )
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(
+            result = runner.run(
                 _run_with_progress(
                     job,
                     prepared.profile,
@@ -342,7 +341,7 @@ def send(prepared: Prepared, progress: Any = None) -> Sent:
         return Sent(stats, "interrupted twice: stopped at once", None, org)
     finally:
         journal.close()
-    return Sent(stats, sender.stop_reason, sender.abort, org)
+    return Sent(result.stats, result.stop_reason, result.abort, org)
 
 
 def finish(prepared: Prepared, sent: Sent) -> RunResult:
@@ -425,13 +424,12 @@ async def _run_with_progress(
     org: OrgGuard,
     progress: Any,
     watch: tuple[Any, ...],
-) -> None:
+) -> SendResult:
     if progress is None:
-        await _send_all(job, profile, credentials, sender, org)
-        return
+        return await _send_all(job, profile, credentials, sender, org)
     # watch = (journal, stats, pace): what the display reads (see present.progress.Progress.live).
     async with progress.live(*watch):
-        await _send_all(job, profile, credentials, sender, org)
+        return await _send_all(job, profile, credentials, sender, org)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

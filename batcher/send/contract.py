@@ -25,7 +25,6 @@ class Verdict(enum.StrEnum):
     TRANSIENT = "transient"  # retry this item (bounded)
 
 
-SUCCESS_CODE = 200
 CUSTOMER_FOUND_CODE = 1000
 NOT_LINKED_CODE = 2004
 BATCH_LIMIT_CODE = 1060

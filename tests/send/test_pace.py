@@ -14,7 +14,14 @@ from email.utils import format_datetime
 import pytest
 
 from batcher.job import Quota
-from batcher.send.pace import BURST_S, DECREASE_FACTOR, HEADROOM, INCREASE_PER_S, Pacer
+from batcher.send.pace import (
+    BURST_S,
+    DECREASE_FACTOR,
+    HEADROOM,
+    INCREASE_PER_S,
+    LeakyBucket,
+    Pacer,
+)
 from batcher.send.session import retry_after_s
 
 
@@ -28,13 +35,13 @@ class FakeClock:
 
 def fake_pacer(rate: str = "100/second") -> tuple[Pacer, FakeClock]:
     requests, _, unit = rate.partition("/")
+    clock = FakeClock()
     pacer = Pacer(
         Quota(float(requests), 1.0 if unit == "second" else 60.0),
         backoff_base_s=0.5,
         backoff_max_s=8,
+        clock=clock,
     )
-    clock = FakeClock()
-    pacer._loop_time = clock  # type: ignore[method-assign]
     return pacer, clock
 
 
@@ -107,11 +114,35 @@ def test_pace_climbs_back_by_a_small_step_each_second() -> None:
     pacer.throttled(clock.now, None)
     low = pacer.state.rate_per_s
     clock.now += 0.5
-    pacer._climb()
+    pacer.climb()
     assert pacer.state.rate_per_s == low  # not before a second has passed
     clock.now += 0.5
-    pacer._climb()
+    pacer.climb()
     assert pacer.state.rate_per_s == pytest.approx(low + full * INCREASE_PER_S)
     clock.now += 3600
-    pacer._climb()
+    pacer.climb()
     assert pacer.state.rate_per_s == full  # never above the quota
+
+
+def test_a_change_of_pace_never_frees_a_burst() -> None:
+    bucket = LeakyBucket(1000.0, now_s=0.0)  # capacity 5 at 1000/s
+    assert bucket.capacity == 5
+    for _ in range(5):
+        assert bucket.wait_s(0.0) == 0.0
+        bucket.take(0.0)
+    assert bucket.wait_s(0.0) == pytest.approx(1 / 1000)
+    # Ten times slower: the bucket stays as full (as a share), the next slot ten times further.
+    bucket.set_rate(100.0, now_s=0.0)
+    assert bucket.capacity == 1 and bucket.level == pytest.approx(1.0)
+    assert bucket.wait_s(0.0) == pytest.approx(1 / 100)
+    assert bucket.wait_s(0.01) == 0.0
+
+
+def test_the_bucket_drains_at_its_rate() -> None:
+    bucket = LeakyBucket(10.0, now_s=0.0)
+    bucket.take(0.0)
+    assert bucket.wait_s(0.05) == pytest.approx(0.05)
+    assert bucket.wait_s(0.1) == 0.0
+    bucket.take(0.1)
+    bucket.set_rate(20.0, now_s=0.1)
+    assert bucket.wait_s(0.1) == pytest.approx(0.05)
