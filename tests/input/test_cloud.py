@@ -338,16 +338,10 @@ def test_missing_credentials_are_exit_2_naming_the_variables(
     )
 
 
-def test_access_denied_is_exit_2_and_nothing_is_sent(
-    aws: dict[str, str], bucket: str, simulator: Sim, tmp_path: Path, monkeypatch: Any
-) -> None:
-    """moto enforces IAM policies once its no-auth allowance is spent: a real refusal."""
+def iam_user(endpoint: str, statements: list[dict[str, Any]]) -> dict[str, str]:
+    """A new IAM user on the moto server with these policy statements; its access key."""
     import boto3
-    from moto import settings
 
-    sim = simulator(clean_profile())
-    endpoint = aws["AWS_ENDPOINT_URL"]
-    put_table(endpoint, bucket, "pairs.csv", pairs_frame(range(3)))
     iam = boto3.client(
         "iam",
         endpoint_url=endpoint,
@@ -355,26 +349,38 @@ def test_access_denied_is_exit_2_and_nothing_is_sent(
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
-    user = f"reader-{uuid.uuid4().hex[:8]}"
+    user = f"user-{uuid.uuid4().hex[:8]}"
     iam.create_user(UserName=user)
-    # Allowed to read another bucket only.
     iam.put_user_policy(
         UserName=user,
-        PolicyName="other-bucket-only",
-        PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Action": ["s3:GetObject", "s3:ListBucket"],
-                        "Resource": ["arn:aws:s3:::someone-else", "arn:aws:s3:::someone-else/*"],
-                    }
-                ],
-            }
-        ),
+        PolicyName="only-this",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": statements}),
     )
-    key = iam.create_access_key(UserName=user)["AccessKey"]
+    key: dict[str, str] = iam.create_access_key(UserName=user)["AccessKey"]
+    return key
+
+
+def test_access_denied_is_exit_2_and_nothing_is_sent(
+    aws: dict[str, str], bucket: str, simulator: Sim, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """moto enforces IAM policies once its no-auth allowance is spent: a real refusal.
+
+    The user may read another bucket only."""
+    from moto import settings
+
+    sim = simulator(clean_profile())
+    endpoint = aws["AWS_ENDPOINT_URL"]
+    put_table(endpoint, bucket, "pairs.csv", pairs_frame(range(3)))
+    key = iam_user(
+        endpoint,
+        [
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:ListBucket"],
+                "Resource": ["arn:aws:s3:::someone-else", "arn:aws:s3:::someone-else/*"],
+            }
+        ],
+    )
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
     monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
@@ -572,3 +578,40 @@ def test_an_output_url_with_a_query_is_refused(tmp_path: Path) -> None:
     job = cloud_job(tmp_path, "s3://b/x.csv", "simulator", output="s3://bkt/r?X-Amz-Signature=S")
     with pytest.raises(JobError, match=r"output\.dir' carries credentials or a query string"):
         load_job(job)
+
+
+def test_a_refused_upload_keeps_the_results_in_staging_and_says_so(
+    aws: dict[str, str], bucket: str, simulator: Sim, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """May read and list the bucket, may not write to it: the run happens, the upload fails."""
+    from moto import settings
+
+    sim = simulator(clean_profile(state={"link_probability": 1.0}))
+    endpoint = aws["AWS_ENDPOINT_URL"]
+    put_table(endpoint, bucket, "pairs.csv", pairs_frame(range(5)))
+    key = iam_user(
+        endpoint,
+        [
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:ListBucket"],
+                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+            }
+        ],
+    )
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    job = cloud_job(
+        tmp_path, f"s3://{bucket}/pairs.csv", sim.base_url, output=f"s3://{bucket}/results"
+    )
+
+    result = CliRunner().invoke(main, ["run", str(job), "--log-format", "json"])
+
+    assert result.exit_code == 1, result.output  # every pair delinked, but not delivered
+    assert sim.still_linked("mobile", [(mobile(i), p) for i in range(5) for p in PROGRAMS]) == []
+    staging = only_run_dir(tmp_path / "staging", "cloud")
+    assert read_summary(staging)["counts"]["delinked"] == 10
+    events = [json.loads(line) for line in (staging / "run.log.jsonl").read_text().splitlines()]
+    (failed,) = [e for e in events if e["event"] == "results.upload_failed"]
+    assert failed["results"] == str(staging) and "access denied" in failed["error"]
