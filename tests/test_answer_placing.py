@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from batcher.send import contract
 from batcher.send.contract import CustomerResult, ItemStatus
-from batcher.send.placing import EXACT, ONLY_ONE, SUFFIX, ShareWatch, place_answers
+from batcher.send.placing import EXACT, ONLY_ONE, SUFFIX, place_answers
 
 FOUND = ItemStatus(True, 1000, "found")
 
@@ -136,14 +136,3 @@ def test_property_one_answer_never_goes_to_two_customers_nor_to_one_not_sent(
         else:
             assert rule == ONLY_ONE and len(sent) == 1
             assert len({(b.key or id(b)) for b in back}) == 1
-
-
-def test_share_watch_trips_after_the_minimum_then_over_the_latest_window() -> None:
-    watch = ShareWatch(share=0.9, min_pairs=200, window_pairs=1000)
-    assert not any(watch.add(10, 10) for _ in range(19))  # 190 pairs: too few to judge
-    assert watch.add(10, 10)
-    watch = ShareWatch(share=0.9, min_pairs=200, window_pairs=1000)
-    assert not any(watch.add(50, 0) for _ in range(20))  # a good first 1,000
-    # Then bad answers only: the window forgets the good ones and trips at 90% bad.
-    trips = [watch.add(50, 50) for _ in range(20)]
-    assert trips.index(True) == 17  # 50 good + 900 bad in the last 1,000 (18 x 50)

@@ -396,6 +396,7 @@ def finish(prepared: Prepared, sent: Sent) -> RunResult:
         ],
         # Where the run acted: the org and till the API reported (token or headers).
         org=sent.org.as_json(),
+        unmatched_answers=stats.unmatched_answers,
         stopped=stop_reason,
         abort=sent.abort.message if sent.abort else None,
         exit_code=exit_code,

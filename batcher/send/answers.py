@@ -1,8 +1,9 @@
 """What an answer means for each pair asked for: an outcome, or another try.
 
 Pure functions over a `Batch` (they only count attempts on its pairs): the sender journals the
-outcomes and queues the retries. Results are matched to the pairs asked for by identifier and
-program name, never by position: no source promises order or completeness.
+outcomes and queues the retries. Results are matched to the pairs asked for by customer (see
+placing.py: the API may name a customer in its stored form, not as sent) and program name,
+never by position: no source promises order or completeness.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from batcher.results.outcomes import Outcome, Status
-from batcher.send import contract
+from batcher.send import contract, placing
 from batcher.send.contract import Verdict
 from batcher.send.queue import Batch, PendingCustomer, PendingPair
 
@@ -27,6 +28,8 @@ LOST_ANSWER_NOTE = (
 )
 # Throttles do not use up a pair's attempts (nothing was processed), but they are bounded.
 THROTTLES_PER_ATTEMPT = 3
+# A pair whose customer came back under a name that matches no customer sent.
+UNPLACED_MESSAGE = "not confirmed: the answer named the customer differently from the request"
 
 
 @dataclass(slots=True)
@@ -35,8 +38,11 @@ class Applied:
 
     outcomes: list[Outcome] = field(default_factory=list)
     retries: list[PendingCustomer] = field(default_factory=list)
-    # Customers in the answer that the request did not ask for (ignored).
+    # Customers in the answer that match no customer asked for (see placing.py).
     unexpected: int = 0
+    unplaced: list[contract.CustomerResult] = field(default_factory=list)
+    # Customers asked for whose answer is most likely among the unplaced ones: `retryable` now.
+    unconfirmed: set[str] = field(default_factory=set)
 
 
 def outcome(
@@ -182,22 +188,6 @@ def split(
     )
 
 
-def _merged_by_key(results: list[contract.CustomerResult]) -> dict[str, contract.CustomerResult]:
-    by_key: dict[str, contract.CustomerResult] = {}
-    for r in results:
-        prev = by_key.get(r.key)
-        if prev is not None:  # the same customer twice: merge its programs
-            r = contract.CustomerResult(
-                r.key,
-                r.customer_id or prev.customer_id,
-                prev.status,
-                {**prev.programs, **r.programs},
-                prev.returned,
-            )
-        by_key[r.key] = r
-    return by_key
-
-
 def _program_status(
     programs: Mapping[str, contract.ItemStatus], program: str
 ) -> contract.ItemStatus | None:
@@ -217,14 +207,34 @@ def apply_answer(
     max_attempts: int,
 ) -> Applied:
     """Match a readable answer's items to the pairs asked for: every pair asked for gets an
-    outcome or goes back for another try, never both; customers not asked for are counted."""
+    outcome or goes back for another try, never both.
+
+    An answer that fits no customer asked for is counted (`unexpected`, `unplaced`); while one
+    is there, the customers left without an answer are `retryable` at once with a note naming
+    what came back: their answer is most likely that one, and a resend would only repeat it.
+    """
     _count_attempt(batch)
-    by_key = _merged_by_key(results)
-    applied = Applied()
-    found = 0
-    for cust in batch.customers:
-        res = by_key.get(contract.match_key(identifier, cust.customer) or "")
+    placed = placing.place_answers(identifier, [c.customer for c in batch.customers], results)
+    applied = Applied(unexpected=len(placed.unplaced), unplaced=placed.unplaced)
+    unplaced_note = _unplaced_note(placed.unplaced, identifier)
+    for cust, res in zip(batch.customers, placed.answers, strict=True):
         again: list[PendingPair]
+        if res is None and unplaced_note is not None:
+            applied.unconfirmed.add(cust.customer)
+            for p in cust.pairs:
+                if p.lost is None:  # the API most likely processed it: a retry knows
+                    p.lost = f"attempt {p.attempts}: answered under another name"
+                applied.outcomes.append(
+                    outcome(
+                        p,
+                        Status.RETRYABLE,
+                        None,
+                        UNPLACED_MESSAGE,
+                        request_id=request_id,
+                        note=unplaced_note,
+                    )
+                )
+            continue
         if res is None:
             again = _again_or_give_up(
                 applied,
@@ -236,7 +246,6 @@ def apply_answer(
                 max_attempts=max_attempts,
             )
         elif not res.status.status and res.status.verdict is Verdict.TRANSIENT:
-            found += 1
             again = _again_or_give_up(
                 applied,
                 cust.pairs,
@@ -247,7 +256,6 @@ def apply_answer(
                 max_attempts=max_attempts,
             )
         elif not res.status.status:
-            found += 1
             # A customer-level failure applies to every program asked for that customer.
             applied.outcomes.extend(
                 outcome(
@@ -263,7 +271,6 @@ def apply_answer(
             )
             continue
         else:
-            found += 1
             again = []
             for p in cust.pairs:
                 st = _program_status(res.programs, p.program)
@@ -307,5 +314,12 @@ def apply_answer(
                 )
         if again:
             applied.retries.append(PendingCustomer(cust.customer, again))
-    applied.unexpected = len(by_key) - found
     return applied
+
+
+def _unplaced_note(unplaced: list[contract.CustomerResult], identifier: str) -> str | None:
+    if not unplaced:
+        return None
+    named = ", ".join(placing.describe(r, identifier) for r in unplaced[:3])
+    more = f" and {len(unplaced) - 3} more" if len(unplaced) > 3 else ""
+    return f"the answer named {named}{more}, matching no customer sent"

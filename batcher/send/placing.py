@@ -16,7 +16,6 @@ An answer that still fits no customer is returned as `unplaced`: never dropped, 
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -102,29 +101,3 @@ def describe(result: CustomerResult, identifier: str) -> str:
     """What an answer named, for a note: `mobile 916215000000 (id 382741349)`."""
     named = f"{identifier} {result.returned}" if result.returned else f"no {identifier}"
     return named + (f" (id {result.customer_id})" if result.customer_id is not None else "")
-
-
-class ShareWatch:
-    """Trips when `share` or more of the pairs seen are bad: once `min_pairs` pairs were seen,
-    judged over everything so far and then over the latest `window_pairs` (at least)."""
-
-    def __init__(self, share: float = 0.9, min_pairs: int = 200, window_pairs: int = 1000) -> None:
-        self.share, self.min_pairs, self.window_pairs = share, min_pairs, window_pairs
-        self.seen = 0
-        self.window_bad = 0
-        self.window_seen = 0
-        self._chunks: deque[tuple[int, int]] = deque()
-
-    def add(self, pairs: int, bad: int) -> bool:
-        """Count one answer's pairs, `bad` of them bad; True when the share is reached."""
-        if pairs <= 0:
-            return False
-        self.seen += pairs
-        self._chunks.append((pairs, bad))
-        self.window_seen += pairs
-        self.window_bad += bad
-        while self.window_seen - self._chunks[0][0] >= self.window_pairs:
-            old_pairs, old_bad = self._chunks.popleft()
-            self.window_seen -= old_pairs
-            self.window_bad -= old_bad
-        return self.seen >= self.min_pairs and self.window_bad >= self.share * self.window_seen

@@ -21,9 +21,11 @@ import structlog
 from batcher.errors import RunStopped
 from batcher.job import Job
 from batcher.plan import PlannedRequest
+from batcher.present.logs import mask_text
 from batcher.results.journal import Journal
-from batcher.send import answers, contract
+from batcher.send import answers, contract, placing
 from batcher.send.auth import Authenticator, AuthRefused, OrgGuard, WrongOrg
+from batcher.send.breaker import ShareBreaker
 from batcher.send.contract import Entry
 from batcher.send.pace import Pacer, backoff_s
 from batcher.send.queue import Batch, PendingCustomer, WorkQueue
@@ -96,6 +98,10 @@ class Sender:
         self._stop_reason: str | None = None
         self._abort: RunStopped | None = None
         self.org = org or OrgGuard(job.api.expect_org_id)
+        # Answers that cannot be placed: the failure breaker's rule and settings ([safety]).
+        self._unplaced_breaker: ShareBreaker[str] = ShareBreaker(
+            job.safety.stop_if_failed_share, job.safety.stop_after_pairs
+        )
 
     def stop(self, reason: str) -> None:
         """Take no new work; requests in flight finish. Unsent pairs stay out of the journal."""
@@ -224,11 +230,18 @@ class Sender:
                 identifier=self._identifier,
                 max_attempts=self._max_attempts,
             )
-            if applied.unexpected:  # customers the request did not ask for: ignored
+            if applied.unexpected:  # never dropped: counted, logged, their pairs retryable
+                stats.unmatched_answers += applied.unexpected
                 log.warning(
-                    "response.unexpected_items", request_id=request_id, count=applied.unexpected
+                    "response.unexpected_items",
+                    request_id=request_id,
+                    count=applied.unexpected,
+                    answered=[placing.describe(r, self._identifier) for r in applied.unplaced[:3]],
+                    customers_unconfirmed=len(applied.unconfirmed),
                 )
             self._settle(applied)
+            if self._unplaced_breaker.enabled:
+                self._judge_unplaced(batch, applied)
         elif kind is Kind.TRANSIENT:
             self._retry_all(batch, action, request_id)
         elif kind is Kind.SPLIT:
@@ -239,6 +252,34 @@ class Sender:
             self._stop_on(batch, action, request_id)
 
     # --- acting on an answer -------------------------------------------------------------------
+
+    def _judge_unplaced(self, batch: Batch, applied: answers.Applied) -> None:
+        """Feed every answered pair to the breaker; most of them unplaced stops the run."""
+        breaker = self._unplaced_breaker
+        trip = None
+        for cust in batch.customers:
+            sample = None
+            if cust.customer in applied.unconfirmed:
+                named = placing.describe(applied.unplaced[0], self._identifier)
+                sample = mask_text(f"sent {self._identifier} {cust.customer}, answered {named}")
+            for _ in cust.pairs:
+                trip = breaker.add("unplaced" if sample else None, sample) or trip
+        if trip is None or self._abort is not None:
+            return
+        hint = (
+            'if these are national numbers, set input.default_country_code (such as "91") '
+            "in the job file so that they are sent in full"
+            if self._identifier == "mobile"
+            else "check input.identifier and the values sent"
+        )
+        self._abort = RunStopped(
+            "The API names customers differently from how they were sent: "
+            f"{int(100 * trip.share)}% of {trip.window_text()} got answers that match no "
+            f"customer sent ({trip.sample}): {hint}. The run stopped early, nothing more was "
+            "sent; the pairs sent are retryable (the API most likely processed them).",
+        )
+        log.error("run.aborted", reason="answers name customers differently", share=trip.share)
+        self.stop("most answers match no customer sent")
 
     def _settle(self, applied: answers.Applied) -> None:
         """Journal the outcomes; queue the retries after their backoff."""

@@ -20,6 +20,7 @@ class RunStats:
     splits: int = 0
     transport_errors: int = 0
     token_refreshes: int = 0
+    unmatched_answers: int = 0  # customers in answers that matched no customer sent
     started_at: float = field(default_factory=time.monotonic)
     finished_at: float | None = None
     latencies_ms: list[float] = field(default_factory=list)
