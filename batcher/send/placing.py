@@ -74,6 +74,16 @@ def place_answers(
 ) -> Placement:
     """Place each returned customer on at most one sent customer, and each sent customer on at
     most one returned customer; see the module's docstring for the rules."""
+    if len(sent) == 1 and len(results) == 1:  # rule 1 or 2, whatever the name
+        only = results[0]
+        exact = only.key == contract.match_key(identifier, sent[0])
+        return Placement([only], [EXACT if exact else ONLY_ONE], [])
+    if len(results) == len(sent):  # the usual answer: each customer once, by its own name
+        by_name = {r.key: r for r in results}
+        if len(by_name) == len(results):
+            found = [by_name.get(contract.match_key(identifier, v) or "") for v in sent]
+            if None not in found:
+                return Placement(found, [EXACT] * len(sent), [])
     left = _merged(results)
     answers: list[CustomerResult | None] = [None] * len(sent)
     rules: list[str | None] = [None] * len(sent)
