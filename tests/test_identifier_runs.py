@@ -1,5 +1,5 @@
 """Runs whose answers name the customer differently from the request: the CLI against the
-simulator that stores mobiles with a country code (the rules themselves: test_answer_placing.py).
+simulator that stores mobiles with a country code (the rules themselves: send/test_placing.py).
 
 The simulator's counters are the truth: each pair processed once (never resent for a mismatch),
 delinked where it was linked, not linked where it was not.

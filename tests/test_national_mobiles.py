@@ -1,5 +1,5 @@
 """National mobiles: the job's default_country_code, the simulator that resolves them, validate's
-warning. (Matching answers that name the customer differently: test_answer_placing.py.)"""
+warning. (Matching answers that name the customer differently: send/test_placing.py.)"""
 
 from __future__ import annotations
 

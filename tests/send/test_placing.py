@@ -9,9 +9,12 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from batcher.results.outcomes import Status
 from batcher.send import contract
+from batcher.send.answers import UNPLACED_MESSAGE, apply_answer
 from batcher.send.contract import CustomerResult, ItemStatus
 from batcher.send.placing import EXACT, ONLY_ONE, SUFFIX, place_answers
+from batcher.send.queue import Batch, PendingCustomer, PendingPair
 
 FOUND = ItemStatus(True, 1000, "found")
 
@@ -136,3 +139,58 @@ def test_property_one_answer_never_goes_to_two_customers_nor_to_one_not_sent(
         else:
             assert rule == ONLY_ONE and len(sent) == 1
             assert len({(b.key or id(b)) for b in back}) == 1
+
+
+# --- apply_answer with answers that cannot be placed ------------------------------------------
+
+
+def _asked(*customers: str) -> Batch:
+    return Batch(
+        [
+            PendingCustomer(c, [PendingPair(10 * i + j, c, p) for j, p in enumerate(["a", "b"])])
+            for i, c in enumerate(customers)
+        ]
+    )
+
+
+def _found(value: str | None, cid: int, programs: list[str]) -> CustomerResult:
+    done = {p: ItemStatus(True, 200, "Success") for p in programs}
+    return CustomerResult(contract.match_key("mobile", value) or "", cid, FOUND, done, value)
+
+
+def test_apply_answer_places_stored_forms_and_records_what_came_back() -> None:
+    batch = _asked("09800000001", "9800000002")
+    results = [_found("919800000002", 2, ["a", "b"]), _found("919800000001", 1, ["a", "b"])]
+    applied = apply_answer(batch, results, "rid", identifier="mobile", max_attempts=3)
+    assert [(o.customer, o.status, o.api_identifier, o.customer_id) for o in applied.outcomes] == [
+        ("09800000001", Status.DELINKED, "919800000001", 1),
+        ("09800000001", Status.DELINKED, "919800000001", 1),
+        ("9800000002", Status.DELINKED, "919800000002", 2),
+        ("9800000002", Status.DELINKED, "919800000002", 2),
+    ]
+    assert applied.retries == [] and applied.unexpected == 0
+
+
+def test_an_unplaced_answer_makes_the_unanswered_pairs_retryable_now_not_resent() -> None:
+    batch = _asked("919800000001", "919800000002", "919800000003")
+    results = [_found("919800000001", 1, ["a", "b"]), _found("916215000000", 9, ["a", "b"])]
+    applied = apply_answer(batch, results, "rid", identifier="mobile", max_attempts=5)
+    by_customer = {(o.customer, o.program): o for o in applied.outcomes}
+    assert len(by_customer) == 6 and applied.retries == []  # nothing goes back for a resend
+    assert by_customer[("919800000001", "a")].status is Status.DELINKED
+    for c in ("919800000002", "919800000003"):
+        o = by_customer[(c, "b")]
+        assert o.status is Status.RETRYABLE and o.code is None and o.maybe_sent
+        assert o.message == UNPLACED_MESSAGE
+        assert o.note == "the answer named mobile 916215000000 (id 9), matching no customer sent"
+    assert applied.unexpected == 1
+    assert applied.unconfirmed == {"919800000002", "919800000003"}
+
+
+def test_an_omitted_customer_without_an_unplaced_answer_is_still_retried() -> None:
+    batch = _asked("919800000001", "919800000002")
+    applied = apply_answer(
+        batch, [_found("919800000001", 1, ["a", "b"])], "rid", identifier="mobile", max_attempts=5
+    )
+    assert [c.customer for c in applied.retries] == ["919800000002"]
+    assert applied.unexpected == 0 and not applied.unconfirmed
