@@ -118,6 +118,8 @@ class RetrySettings:
     max_attempts: int
     backoff_base_s: float
     backoff_max_s: float
+    # An outage (every request failing) longer than this stops the run, resumable (exit 3).
+    give_up_after_s: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +247,7 @@ class Job:
                 "max_attempts": self.retry.max_attempts,
                 "backoff_base_seconds": self.retry.backoff_base_s,
                 "backoff_max_seconds": self.retry.backoff_max_s,
+                "give_up_after_seconds": self.retry.give_up_after_s,
             },
             "output": {
                 "dir": self.output_url or str(self.output_dir),
@@ -397,6 +400,9 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
             (int, float), "a positive number of seconds", _positive_number
         ),
         "backoff_max_seconds": _Key((int, float), "a positive number of seconds", _positive_number),
+        "give_up_after_seconds": _Key(
+            (int, float), "a positive number of seconds", _positive_number
+        ),
     },
     "output": {
         "dir": _Key(
@@ -711,6 +717,7 @@ def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
             max_attempts=retry.get("max_attempts", 6),
             backoff_base_s=backoff_base,
             backoff_max_s=backoff_max,
+            give_up_after_s=float(retry.get("give_up_after_seconds", 600.0)),
         ),
         output_dir=Path(output_dir_text).expanduser().resolve(),
         simulator_profile=profile,

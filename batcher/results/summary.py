@@ -82,6 +82,11 @@ class RunSummary(PlanSummary):
     splits: int = 0
     transport_errors: int = 0
     token_refreshes: int = 0
+    # Times every request failed, FAILURES_TO_OUTAGE in a row (send.outage).
+    outages: int = 0
+    # Requests refused for their size (1060), and the limit learned from them (send.batch_limit).
+    size_refusals: int = 0
+    learned_customers_per_request: int | None = None
     elapsed_seconds: float = 0.0
     send_seconds: float = 0.0
     achieved_requests_per_second: float = 0.0

@@ -2,8 +2,12 @@
 
 Work comes from three places, in this order: batches to send again as they are (split halves,
 a batch put back because the run stopped before it left), retried customers whose backoff has
-passed (repacked into full requests), and the plan's next request. The queue is synchronous and
-takes the time as an argument, so it is tested on a fake clock; the sender does the waiting.
+passed, and the plan. Retries travel in full requests: ready retries are packed together and
+topped up with the plan's fresh customers, up to the request size the sender asks for (the
+configured one, or the batch limit learned from the API). Once the plan is used up, ready
+retries that would not fill a request wait for more to be ready (at most the longest backoff).
+A request never names a customer twice. The queue is synchronous and takes the time as an
+argument, so it is tested on a fake clock; the sender does the waiting.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class Batch:
 
     customers: list[PendingCustomer]
     auth_retried: bool = False
+    outage_probe: bool = False  # sent alone to see whether the API is back (send.outage)
+    size_probe: bool = False  # sent at a size the batch-limit search is trying (send.batch_limit)
 
     def pairs(self) -> Iterator[PendingPair]:
         for c in self.customers:
@@ -61,7 +67,7 @@ class _Waiting:
 
 
 class WorkQueue:
-    """Split halves first, then ready retries repacked into full requests, then the plan."""
+    """Split halves first, then ready retries topped up with fresh work into full requests."""
 
     def __init__(
         self,
@@ -76,7 +82,12 @@ class WorkQueue:
         self._lost = lost or {}
         self._again: deque[Batch] = deque()
         self._waiting: list[_Waiting] = []
+        # Fresh customers read from the plan but not sent yet (the plan's requests are cut
+        # to another size, or topped up retries).
+        self._fresh: deque[PendingCustomer] = deque()
         self._seq = itertools.count()
+        # Set when ready retries wait to fill a request: when the next one will be ready.
+        self._hold_until: float | None = None
 
     def put_first(self, *batches: Batch) -> None:
         """Send these next, in this order, as they are (split halves, a batch never sent)."""
@@ -86,38 +97,99 @@ class WorkQueue:
         """Send these pairs again once the clock reaches `ready_at`."""
         heapq.heappush(self._waiting, _Waiting(ready_at, next(self._seq), customer))
 
-    def take(self, now: float) -> Batch | None:
-        """The next batch to send at time `now`, or None if nothing is ready now."""
-        if self._again:
-            return self._again.popleft()
-        return self._ready_retries(now) or self._from_plan()
+    def take(self, now: float, size: int | None = None) -> Batch | None:
+        """The next batch of at most `size` customers (default: the configured request size)
+        to send at time `now`, or None if nothing is ready now."""
+        size = size or self._customers_per_request
+        self._hold_until = None
+        while self._again:
+            batch = self._again.popleft()
+            if len(batch.customers) <= size:
+                return batch
+            for c in batch.customers:  # packed before a smaller batch limit was learned
+                self.retry_at(c, now)
+        waiting = self._waiting
+        if (
+            not self._fresh
+            and size == self._customers_per_request
+            and (not waiting or waiting[0].ready_at > now)
+        ):
+            # Nothing to pack with: the plan's next request as it was planned (the fast path).
+            planned = self._from_plan()
+            if planned is not None:
+                return planned
+        return self._pack(now, size)
 
     def next_ready_at(self) -> float | None:
-        """When the earliest waiting retry is ready (None: no retry is waiting)."""
+        """When to look again for work (None: no retry is waiting)."""
+        if self._hold_until is not None:
+            return self._hold_until
         return self._waiting[0].ready_at if self._waiting else None
 
     def exhausted(self) -> bool:
         """Nothing left at all: the plan is read to its end and nothing waits."""
-        return self._plan is None and not self._waiting and not self._again
+        return self._plan is None and not self._waiting and not self._again and not self._fresh
 
-    def _ready_retries(self, now: float) -> Batch | None:
-        """Repack ready retries into one request: distinct customers, at most the request size."""
+    def _pack(self, now: float, size: int) -> Batch | None:
+        """Ready retries first, topped up with fresh customers: distinct, at most `size`."""
         waiting = self._waiting
-        if not waiting or waiting[0].ready_at > now:
-            return None
-        chosen: list[PendingCustomer] = []
+        retried: list[_Waiting] = []
         seen: set[str] = set()
-        held: list[_Waiting] = []
-        while waiting and waiting[0].ready_at <= now and len(chosen) < self._customers_per_request:
+        twice: list[_Waiting] = []
+        while waiting and waiting[0].ready_at <= now and len(retried) < size:
             item = heapq.heappop(waiting)
             if item.customer.customer in seen:
-                held.append(item)  # the same customer twice in one request: next time
+                twice.append(item)  # the same customer twice in one request: next time
                 continue
             seen.add(item.customer.customer)
-            chosen.append(item.customer)
-        for item in held:
+            retried.append(item)
+        for item in twice:
             heapq.heappush(waiting, item)
+        chosen = [item.customer for item in retried]
+        fresh = self._top_up(chosen, seen, size)
+        if (
+            chosen
+            and len(chosen) < size
+            and self._plan is None
+            and waiting
+            and waiting[0].ready_at > now
+        ):
+            # Only retries are left and more will be ready soon: wait for them rather than
+            # spend a request on a few customers.
+            self._hold_until = waiting[0].ready_at
+            for item in retried:
+                heapq.heappush(waiting, item)
+            self._fresh.extendleft(reversed(fresh))
+            return None
         return Batch(chosen) if chosen else None
+
+    def _top_up(
+        self, chosen: list[PendingCustomer], seen: set[str], size: int
+    ) -> list[PendingCustomer]:
+        """Add fresh customers to `chosen` up to `size`; returns those added."""
+        fresh = self._fresh
+        added: list[PendingCustomer] = []
+        skipped: list[PendingCustomer] = []
+        while len(chosen) < size:
+            if not fresh and not self._read_plan():
+                break
+            c = fresh.popleft()
+            if c.customer in seen:
+                skipped.append(c)  # this customer is in the request already: next time
+                continue
+            seen.add(c.customer)
+            chosen.append(c)
+            added.append(c)
+        fresh.extendleft(reversed(skipped))
+        return added
+
+    def _read_plan(self) -> bool:
+        """Move the plan's next request into the fresh customers; False at the plan's end."""
+        batch = self._from_plan()
+        if batch is None:
+            return False
+        self._fresh.extend(batch.customers)
+        return True
 
     def _from_plan(self) -> Batch | None:
         if self._plan is None:

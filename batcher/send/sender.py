@@ -25,10 +25,12 @@ from batcher.present.logs import mask_text
 from batcher.results.journal import Journal
 from batcher.send import answers, contract, placing
 from batcher.send.auth import Authenticator, AuthRefused, OrgGuard, WrongOrg
+from batcher.send.batch_limit import BatchLimit, refused_for_size
 from batcher.send.breaker import ShareBreaker
 from batcher.send.contract import Entry
+from batcher.send.outage import Gate, Outage
 from batcher.send.pace import Pacer, backoff_s
-from batcher.send.queue import Batch, PendingCustomer, WorkQueue
+from batcher.send.queue import Batch, PendingCustomer, PendingPair, WorkQueue
 from batcher.send.session import retry_after_s
 from batcher.send.stats import RunStats
 from batcher.send.verdicts import Action, Kind, classify
@@ -49,6 +51,16 @@ class SendResult:
     stop_reason: str | None
     abort: RunStopped | None
     stats: RunStats
+
+
+def _in_words(action: Action) -> str:
+    """A whole answer as an operator reads it: "HTTP 503: Service Unavailable"."""
+    words = f"HTTP {action.status}"
+    if action.code is not None and action.code != action.status:
+        words += f" (code {action.code})"
+    if action.message and action.message != f"HTTP {action.status}":
+        words += f": {action.message}"
+    return words
 
 
 def _request_id(headers: Mapping[str, str]) -> str | None:
@@ -88,6 +100,15 @@ class Sender:
             backoff_base_s=job.retry.backoff_base_s,
             backoff_max_s=job.retry.backoff_max_s,
         )
+        self._outage = Outage(
+            backoff_base_s=job.retry.backoff_base_s,
+            backoff_max_s=job.retry.backoff_max_s,
+            give_up_after_s=job.retry.give_up_after_s,
+        )
+        # Pairs of the failures in a row so far: if they turn out to be an outage, the
+        # attempts they spent are given back (an outage does not use up max_attempts).
+        self._streak_pairs: list[PendingPair] = []
+        self._limit = BatchLimit(job.api.customers_per_request)
         # Set by run(): where to send (known once an embedded simulator listens), and as whom.
         self._url = ""
         self._auth: Authenticator
@@ -147,18 +168,33 @@ class Sender:
     async def _next_batch(self) -> Batch | None:
         changed = self._changed
         assert changed is not None
-        queue = self._queue
+        queue, outage, limit = self._queue, self._outage, self._limit
         while self._stop_reason is None:
             now = self._clock()
-            batch = queue.take(now)
-            if batch is not None:
-                return batch
-            ready_at = queue.next_ready_at()
-            if ready_at is None and self._in_flight == 0:
-                return None  # plan done, nothing waiting, nothing that could add work
+            gate = outage.decide(now)
+            wake_at: float | None = None
+            if gate.gate is Gate.GIVE_UP:
+                self._give_up(now)
+                return None
+            if gate.gate is Gate.WAIT:
+                wake_at = gate.until  # None: until the probe's answer
+            elif (sizing := limit.next_size()).customers:
+                batch = queue.take(now, sizing.customers)
+                if batch is not None:
+                    batch.outage_probe = gate.gate is Gate.PROBE
+                    if batch.outage_probe:
+                        outage.probe_sent()
+                    if sizing.probe:
+                        limit.probe_sent()
+                        batch.size_probe = True
+                    return batch
+                wake_at = queue.next_ready_at()
+                if wake_at is None and self._in_flight == 0:
+                    return None  # plan done, nothing waiting, nothing that could add work
+            # else: no request size is known to work yet; the size probe's answer will tell.
             changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), None if ready_at is None else ready_at - now)
+                await asyncio.wait_for(changed.wait(), None if wake_at is None else wake_at - now)
         return None
 
     async def _worker(self, session: aiohttp.ClientSession) -> None:
@@ -182,6 +218,16 @@ class Sender:
         if self._stop_reason is not None:
             self._queue.put_first(batch)  # stopped while waiting: it was never sent
             return
+        try:
+            await self._send_now(session, batch, body, sent_at)
+        finally:
+            if batch.size_probe:
+                batch.size_probe = False
+                self._limit.probe_done()
+
+    async def _send_now(
+        self, session: aiohttp.ClientSession, batch: Batch, body: bytes, sent_at: float
+    ) -> None:
         if self._auth.uses_tokens:
             auth_headers, token = await self._auth.headers(session)
             headers = {**auth_headers, "Content-Type": "application/json"}
@@ -214,11 +260,16 @@ class Sender:
         )
         kind = action.kind
         stats.tick(kind is Kind.THROTTLED)
+        if kind is Kind.TRANSIENT and status >= 500:
+            self._retry_all(batch, action, request_id, failure=_in_words(action))
+            return
+        self._api_answered()
         if kind is Kind.THROTTLED:
             self._throttled(batch, sent_at, retry_after_s(retry_after), request_id)
             return
         self.pacer.answered()
         if kind is Kind.ITEMS:
+            self._size_worked(len(batch.customers))
             if action.oddities:
                 log.warning(
                     "response.odd_items", request_id=request_id, oddities=action.oddities[:5]
@@ -294,12 +345,16 @@ class Sender:
         now = self._clock()
         self.stats.retries += 1
         base_s, max_s = self._job.retry.backoff_base_s, self._job.retry.backoff_max_s
+        # One wait for all of an answer's retries, so they come back together, a full request.
+        delay = backoff_s(max(p.attempts for c in customers for p in c.pairs), base_s, max_s)
         for c in customers:
-            delay = backoff_s(max(p.attempts for p in c.pairs), base_s, max_s)
             self._queue.retry_at(c, now + delay)
         self._wake()
 
-    def _retry_all(self, batch: Batch, action: Action, request_id: str | None) -> None:
+    def _retry_all(
+        self, batch: Batch, action: Action, request_id: str | None, *, failure: str | None = None
+    ) -> None:
+        """Try the whole request again; `failure` (in words) when it counts toward an outage."""
         log.info(
             "request.retry",
             request_id=request_id,
@@ -307,31 +362,126 @@ class Sender:
             reason=action.message,
             customers=len(batch.customers),
         )
-        self._settle(
-            answers.retry_all(
-                batch,
-                action.code,
-                action.message or "",
-                request_id,
-                lost=action.lost,
-                max_attempts=self._max_attempts,
-            )
+        if failure is not None:
+            self._api_failed(batch, failure)
+        applied = answers.retry_all(
+            batch,
+            action.code,
+            action.message or "",
+            request_id,
+            lost=action.lost,
+            max_attempts=self._max_attempts,
         )
+        if failure is not None and not self._outage.active:
+            self._streak_pairs.extend(p for c in applied.retries for p in c.pairs)
+        self._settle(applied)
+
+    # --- outages -------------------------------------------------------------------------------
+
+    def _api_failed(self, batch: Batch, what: str) -> None:
+        """A whole request failed (no answer, or a 5xx): one more failure in a row."""
+        outage = self._outage
+        was_active = outage.active
+        now = self._clock()
+        if outage.failed(now, what):
+            self.stats.outages += 1
+            log.warning(
+                "api.outage",
+                failures_in_a_row=outage.streak,
+                last_answer=what,
+                action="no new work; probing one request at a time",
+            )
+            for p in self._streak_pairs:  # the failures that led here were the outage too
+                p.attempts = max(0, p.attempts - 1)
+            self._streak_pairs.clear()
+        elif was_active and batch.outage_probe:
+            log.info(
+                "api.probe_failed",
+                last_answer=what,
+                failing_s=round(outage.failing_for_s(now), 1),
+                next_probe_in_s=round(outage.next_probe_at - now, 2),
+            )
+        if outage.active:
+            # Not an attempt: the outage, not this request, is the problem (see retry_all).
+            for p in batch.pairs():
+                p.attempts -= 1
+
+    def _api_answered(self) -> None:
+        """The API answered (anything but a 5xx): no outage, or the end of one."""
+        self._streak_pairs.clear()
+        lasted_s = self._outage.answered(self._clock())
+        if lasted_s is not None:
+            log.warning("api.back", outage_s=round(lasted_s, 1), action="full pace again")
+            self._wake()
+
+    def _give_up(self, now: float) -> None:
+        outage = self._outage
+        failing_s = outage.failing_for_s(now)
+        self._abort = RunStopped(
+            f"The API has been failing for {failing_s:.0f} seconds: every request got a 5xx or "
+            f"no answer, then every probe, one at a time; it last answered {outage.last_answer}. "
+            f"The run stopped (retry.give_up_after_seconds = {outage.give_up_after_s:g}); "
+            "nothing more was sent.",
+            hint="Resume the run when the API is back (batcher resume RUN_DIR): pairs with an "
+            "outcome are not sent again.",
+        )
+        log.error(
+            "run.gave_up",
+            failing_s=round(failing_s, 1),
+            last_answer=outage.last_answer,
+            give_up_after_s=outage.give_up_after_s,
+        )
+        self.stop(f"the API has been failing for {failing_s:.0f} s")
+
+    # --- the batch limit -----------------------------------------------------------------------
+
+    def _size_worked(self, customers: int) -> None:
+        limit = self._limit
+        before = limit.learned
+        limit.accepted(customers)
+        self._note_learned(before)
+
+    def _note_learned(self, before: int | None) -> None:
+        learned = self._limit.learned
+        if learned != before:
+            self.stats.learned_customers_per_request = learned
+            if learned is not None:
+                log.warning(
+                    "request.batch_limit_learned",
+                    customers_per_request=learned,
+                    configured=self._limit.configured,
+                    refusals=self._limit.refusals,
+                )
+            self._wake()
+
+    def _too_big(self, batch: Batch, action: Action, request_id: str | None) -> bool:
+        """A refusal of the request's size: its customers go back to be packed smaller."""
+        if not refused_for_size(action.status, action.code, action.message):
+            return False
+        limit = self._limit
+        before = limit.learned
+        if not limit.refused(len(batch.customers)):
+            return False
+        self.stats.size_refusals += 1
+        log.info(
+            "request.too_big",
+            request_id=request_id,
+            status=action.status,
+            code=action.code,
+            customers=len(batch.customers),
+        )
+        now = self._clock()
+        for c in batch.customers:  # nothing was processed: not an attempt
+            self._queue.retry_at(c, now)
+        self._note_learned(before)
+        self._wake()
+        return True
 
     def _transport_error(self, batch: Batch, message: str, *, lost: str | None) -> None:
         self.stats.transport_errors += 1
         self.stats.tick(False)
-        log.info(
-            "request.retry",
-            request_id=None,
-            code=None,
-            reason=message,
-            customers=len(batch.customers),
-        )
-        self._settle(
-            answers.retry_all(
-                batch, None, message, None, lost=lost, max_attempts=self._max_attempts
-            )
+        self._retry_all(
+            batch, Action(Kind.TRANSIENT, 0, None, message, lost=lost), None, failure=message
         )
 
     def _throttled(
@@ -356,6 +506,8 @@ class Sender:
         self._wake()
 
     def _split(self, batch: Batch, action: Action, request_id: str | None) -> None:
+        if self._too_big(batch, action, request_id):
+            return
         halves = answers.split(batch, action.status, action.code, action.message, request_id)
         if not isinstance(halves, list):
             self._journal.record(halves)

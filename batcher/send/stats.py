@@ -21,6 +21,9 @@ class RunStats:
     transport_errors: int = 0
     token_refreshes: int = 0
     unmatched_answers: int = 0  # customers in answers that matched no customer sent
+    outages: int = 0  # times every request failed, FAILURES_TO_OUTAGE in a row (send.outage)
+    size_refusals: int = 0  # requests refused for their size (1060): see send.batch_limit
+    learned_customers_per_request: int | None = None
     started_at: float = field(default_factory=time.monotonic)
     finished_at: float | None = None
     latencies_ms: list[float] = field(default_factory=list)
