@@ -139,3 +139,13 @@ def test_a_misspelt_section_lists_the_allowed_sections(tmp_path: Path) -> None:
         assert section in result.output
     assert "did you mean [retry]" in result.output
     assert "Traceback" not in result.output
+
+
+def test_give_up_after_seconds_defaults_to_ten_minutes_and_must_be_positive(
+    tmp_path: Path,
+) -> None:
+    assert load_job(write_job(tmp_path, GOOD)).retry.give_up_after_s == 600.0
+    job = load_job(write_job(tmp_path, GOOD + "[retry]\ngive_up_after_seconds = 20\n"))
+    assert job.retry.give_up_after_s == 20.0
+    with pytest.raises(JobError, match=r"retry.give_up_after_seconds.*positive number"):
+        load_job(write_job(tmp_path, GOOD + "[retry]\ngive_up_after_seconds = 0\n"))

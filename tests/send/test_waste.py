@@ -7,6 +7,8 @@ simulator's own counter of delink requests is the truth for what the quota paid.
 from __future__ import annotations
 
 import math
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,37 @@ def test_an_outage_costs_one_probe_at_a_time_then_stops_resumable_and_resume_fin
     assert outcomes.height == 1500
     assert outcomes.get_column("status").unique().to_list() == ["delinked"]
     assert sim.still_linked("mobile", [(mobile(i), "partner-01") for i in range(1500)]) == []
+
+
+def test_attempts_in_an_outage_do_not_use_up_max_attempts(tmp_path: Path, simulator: Sim) -> None:
+    """503 to everything until the server has seen 15 requests, then healthy: with
+    max_attempts = 2, every pair still ends delinked, and the run saw one outage."""
+    sim = simulator(sim_profile(500, faults={"server_error": 1.0, "server_error_statuses": [503]}))
+    write_pairs(tmp_path / "pairs.csv", range(500), ["partner-01"])
+    job = write_job(
+        tmp_path,
+        sim.base_url,
+        retry={"max_attempts": 2, "backoff_base_seconds": 0.05, "backoff_max_seconds": 0.2},
+    )
+    done = threading.Event()
+
+    def heal_after_15_requests() -> None:
+        while not done.is_set() and delink_requests(sim) < 15:
+            time.sleep(0.01)
+        sim.set_faults(None)
+
+    healer = threading.Thread(target=heal_after_15_requests)
+    healer.start()
+    try:
+        result = cli("run", str(job))
+    finally:
+        done.set()
+        healer.join()
+
+    assert result.exit_code == 0, result.output
+    summary = read_summary(only_run_dir(tmp_path / "out"))
+    assert summary["counts"]["delinked"] == 500
+    assert summary["outages"] == 1
 
 
 def test_the_batch_limit_is_learned_and_every_later_request_packed_at_it(
