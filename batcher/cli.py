@@ -57,10 +57,16 @@ def main() -> None:
 
 
 _input_option = click.option(
-    "--input", "input_path", metavar="PATH", help="Input file or glob (overrides input.path)."
+    "--input",
+    "input_path",
+    metavar="PATH",
+    help="Input file or glob, or an s3://, gs://, az:// or https:// URL (overrides input.path).",
 )
 _output_option = click.option(
-    "--output", "output_dir", metavar="DIR", help="Output folder (overrides output.dir)."
+    "--output",
+    "output_dir",
+    metavar="DIR",
+    help="Output folder, or a bucket URL to upload the results to (overrides output.dir).",
 )
 
 

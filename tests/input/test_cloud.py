@@ -615,3 +615,18 @@ def test_a_refused_upload_keeps_the_results_in_staging_and_says_so(
     events = [json.loads(line) for line in (staging / "run.log.jsonl").read_text().splitlines()]
     (failed,) = [e for e in events if e["event"] == "results.upload_failed"]
     assert failed["results"] == str(staging) and "access denied" in failed["error"]
+
+
+def test_output_on_the_command_line_may_be_a_bucket(
+    aws: dict[str, str], bucket: str, tmp_path: Path
+) -> None:
+    """--output s3://... uploads there; the job's own output.dir is then the staging folder."""
+    put_table(aws["AWS_ENDPOINT_URL"], bucket, "pairs.csv", pairs_frame(range(2)))
+    job = cloud_job(tmp_path, f"s3://{bucket}/pairs.csv", "simulator")
+
+    result = CliRunner().invoke(main, ["validate", str(job), "--output", f"s3://{bucket}/cli"])
+
+    assert result.exit_code == 0, result.output
+    staging = only_run_dir(tmp_path / "out", "cloud")
+    listed = s3_client(aws["AWS_ENDPOINT_URL"]).list_objects_v2(Bucket=bucket, Prefix="cli/")
+    assert f"cli/cloud/{staging.name}/summary.json" in {o["Key"] for o in listed["Contents"]}
