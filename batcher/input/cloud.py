@@ -340,12 +340,14 @@ def head(url: ObjectUrl, options: Mapping[str, str]) -> ObjectInfo:
         error = storage_error(e, url.url, "read")
         if url.cloud != "https" and "no such object" in error.message:
             # A HEAD's 404 has no body: a listing tells a missing bucket from a missing key.
-            list_objects(url, url.key, options)
+            list_objects(url, url.key, options, action="read")
         raise error from e
     return _info(url, meta)
 
 
-def list_objects(url: ObjectUrl, prefix: str, options: Mapping[str, str]) -> list[ObjectInfo]:
+def list_objects(
+    url: ObjectUrl, prefix: str, options: Mapping[str, str], *, action: str = "list"
+) -> list[ObjectInfo]:
     """Every object under `prefix` of the URL's bucket, sorted by key."""
     import obstore
 
@@ -355,7 +357,7 @@ def list_objects(url: ObjectUrl, prefix: str, options: Mapping[str, str]) -> lis
         for batch in obstore.list(store, prefix=prefix or None):
             found += [_info(url, meta) for meta in batch]
     except Exception as e:
-        raise storage_error(e, url.url, "list") from e
+        raise storage_error(e, url.url, action) from e
     return sorted(found, key=lambda o: o.key)
 
 

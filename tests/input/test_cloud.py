@@ -308,7 +308,12 @@ def test_a_missing_bucket_is_exit_2_and_nothing_is_sent(
     sim = simulator(clean_profile())
     job = cloud_job(tmp_path, "s3://no-such-bucket-here/pairs.csv", sim.base_url)
     result = CliRunner().invoke(main, ["run", str(job)])
-    assert_refused_before_sending(result, sim, "the bucket does not exist", "NoSuchBucket")
+    assert_refused_before_sending(
+        result,
+        sim,
+        "Cannot read s3://no-such-bucket-here/pairs.csv: the bucket does not exist",
+        "NoSuchBucket",
+    )
     assert not (tmp_path / "out").exists()
 
 
