@@ -48,4 +48,4 @@ def test_files_are_owner_only_and_no_temporary_is_left(tmp_path: Path) -> None:
 def test_rewrite_replaces_atomically(tmp_path: Path) -> None:
     write_table(pl.DataFrame({"v": ["old"]}), tmp_path / "t.csv", "csv")
     write_table(pl.DataFrame({"v": ["new"]}), tmp_path / "t.csv", "csv")
-    assert (tmp_path / "t.csv").read_text() == "v\nnew\n"
+    assert (tmp_path / "t.csv").read_text(encoding="utf-8-sig") == "v\nnew\n"

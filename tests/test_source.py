@@ -241,9 +241,11 @@ def test_empty_and_header_only_files_have_zero_rows(tmp_path: Path, content: str
 
 
 def test_nulls_everywhere(tmp_path: Path) -> None:
+    """A row of only empty cells is a blank line, not a row; one empty cell is a reject."""
     src = load_csv(tmp_path, f"{HEADER},region\n,,\n,p1,\n919800000001,,\n,,x\n")
+    assert src.blank_lines == 1
+    assert src.rows.get_column("row").to_list() == [2, 3, 4]
     assert src.rows.get_column("reason").to_list() == [
-        "missing_identifier",
         "missing_identifier",
         "missing_program",
         "missing_identifier",
@@ -320,10 +322,13 @@ def test_columns_named_like_outputs_are_renamed(tmp_path: Path) -> None:
 
 def test_failures_file_fed_back_drops_its_verdict_columns(tmp_path: Path) -> None:
     src = load_csv(
-        tmp_path, f"row,{HEADER},region,status,code,message\n4,919800000001,p1,x,failed,8015,gone\n"
+        tmp_path,
+        f"batcher_row,{HEADER},status,batcher_status,batcher_code,batcher_message\n"
+        "4,919800000001,p1,x,failed,8015,gone\n",
     )
-    assert src.columns == ["input_row", "mobile", "partner_program_name", "region"]
-    assert any("failures file" in n for n in src.notes)
+    assert src.columns == ["mobile", "partner_program_name", "input_status"]
+    assert src.original_names == {"input_status": "status"}
+    assert any("fed back" in n and "batcher_status" in n for n in src.notes)
 
 
 def test_file_metadata_and_sha256(tmp_path: Path) -> None:

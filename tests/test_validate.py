@@ -61,9 +61,14 @@ def test_samples_validate_and_every_row_is_accounted_for(
         else pl.read_parquet(rejects_path)
     )
     assert rejects.height == counts["rejected"] + counts["duplicate"]
-    assert rejects.columns[0] == "row"
-    assert rejects.columns[-4:] == ["status", "reason", "message", "duplicate_of"]
-    assert "source_file" not in rejects.columns
+    assert rejects.columns[0] == "batcher_row"
+    assert rejects.columns[-4:] == [
+        "batcher_status",
+        "batcher_reason",
+        "batcher_message",
+        "batcher_duplicate_of",
+    ]
+    assert "batcher_source_file" not in rejects.columns
     preview = json.loads((run_dir / "plan-preview.json").read_text())["first_requests"]
     assert 0 < len(preview) <= 5
     for body in preview:
@@ -79,7 +84,7 @@ def test_demo_extra_columns_are_carried_into_rejects(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     rejects = pl.read_csv(only_run_dir(tmp_path, "demo") / "rejects.csv", infer_schema=False)
     assert {"region", "requested_by"} <= set(rejects.columns)
-    assert set(rejects.get_column("status")) == {"rejected", "duplicate"}
+    assert set(rejects.get_column("batcher_status")) == {"rejected", "duplicate"}
 
 
 def test_preview_is_exactly_the_planned_bodies(tmp_path: Path) -> None:
@@ -114,7 +119,7 @@ def test_glob_rejects_name_the_source_file(tmp_path: Path) -> None:
     proc = run_cli("validate", str(write_job(tmp_path, "*.csv")), "--output", str(tmp_path / "o"))
     assert proc.returncode == 0, proc.stderr
     rejects = pl.read_csv(only_run_dir(tmp_path / "o", "t") / "rejects.csv", infer_schema=False)
-    assert rejects.select("row", "source_file", "status").rows() == [
+    assert rejects.select("batcher_row", "batcher_source_file", "batcher_status").rows() == [
         ("2", "a.csv", "rejected"),
         ("1", "b.csv", "duplicate"),
     ]

@@ -11,8 +11,9 @@ import codecs
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 
@@ -30,13 +31,22 @@ from batcher.input.files import (
     read_bytes,
     resolve_inputs,
 )
+from batcher.input.tables import BATCHER_COLUMNS, CsvDialect, restore_formula
 from batcher.job import Identifier, Job
 
-__all__ = ["Format", "InputFile", "Source", "fingerprint_inputs", "load_source", "validate_rows"]
+__all__ = [
+    "Format",
+    "InputFile",
+    "Source",
+    "dialect_of",
+    "fingerprint_inputs",
+    "load_source",
+    "validate_rows",
+]
 
-# Columns batcher itself writes into its result files. An input column with one of these names
-# would be overwritten, so it is renamed to input_<name> (or dropped, for a fed-back failures
-# file). The underscore names are internal to `Source.rows`.
+# Columns batcher itself writes into outcomes.parquet. An input column with one of these names
+# is renamed input_<name> in `Source.rows` and outcomes.parquet; the hand-off files (failures,
+# rejects) give it back its own name. The underscore names are internal to `Source.rows`.
 OUTPUT_COLUMNS = (
     "row",
     "source_file",
@@ -56,8 +66,6 @@ OUTPUT_COLUMNS = (
 INTERNAL_COLUMNS = ("_key", "_customer", "_program")
 # Where a row came from, ahead of its own columns: its number, its file (globs), its sheet.
 POSITION_COLUMNS = ("row", "source_file", "sheet")
-# A batcher failures file ends with these; fed back as input, they describe the old run.
-FAILURES_TAIL = ("status", "code", "message")
 
 REASONS = (
     "missing_identifier",
@@ -128,6 +136,17 @@ class Source:
     notes: list[str]
     # An Excel input's sheet (its name); outcomes then carry a `sheet` column.
     sheet: str | None = None
+    blank_lines: int = 0  # blank lines (or rows of empty cells) skipped: they are not rows
+    # Each renamed column's name in the input file (`status` for `input_status`).
+    original_names: dict[str, str] = field(default_factory=dict)
+    dialect: CsvDialect = field(default_factory=CsvDialect)  # the input's CSV dialect: ours too
+
+    def as_written(self, columns: list[str] | None = None) -> list[pl.Expr]:
+        """`columns` (default: the input's) under the names they have in the input file."""
+        return [
+            pl.col(c).alias(self.original_names.get(c, c))
+            for c in (self.columns if columns is None else columns)
+        ]
 
     @property
     def row_count(self) -> int:
@@ -244,12 +263,13 @@ def _columns_after_rules(
     # A workbook's rows also carry `sheet`: an input column of that name is renamed too.
     taken_by_batcher = (*OUTPUT_COLUMNS, "sheet") if workbook else OUTPUT_COLUMNS
     mapping: dict[str, str | None] = {n: n for n in names}
-    if len(names) > len(FAILURES_TAIL) and tuple(names[-3:]) == FAILURES_TAIL:
-        for n in FAILURES_TAIL:
+    fed_back = [n for n in names if n in BATCHER_COLUMNS]
+    if fed_back:
+        for n in fed_back:
             mapping[n] = None
         notes.append(
-            f"{label}: its last columns are status, code, message (a batcher failures file fed "
-            "back): those three columns were dropped"
+            f"{label}: a batcher failures or rejects file fed back; its columns "
+            f"{', '.join(fed_back)} describe the old run and were dropped"
         )
     taken = set(names)
     for n in names:
@@ -259,8 +279,20 @@ def _columns_after_rules(
                 new = f"input_{new}"
             taken.add(new)
             mapping[n] = new
-            notes.append(f"{label}: input column {n!r} renamed to {new!r} (batcher writes {n!r})")
+            notes.append(
+                f"{label}: input column {n!r} is {new!r} in outcomes.parquet (batcher writes "
+                f"{n!r} there); failures and rejects keep {n!r}"
+            )
     return mapping
+
+
+def _blank_rows(frame: pl.DataFrame, id_col: str) -> pl.Series | None:
+    """Rows whose every input cell is empty (a blank line, or `,,`), or None when there are none."""
+    if frame.height == 0 or frame.get_column(id_col).null_count() == 0:
+        return None  # a blank row has no identifier: the usual case costs one null count
+    cells = [c for c in frame.columns if c not in POSITION_COLUMNS]
+    blank = frame.select(pl.all_horizontal(pl.col(c).is_null() for c in cells)).to_series()
+    return blank if blank.any() else None
 
 
 def _open_file(
@@ -293,15 +325,29 @@ def _open_file(
         raise _unreadable(path, fmt, e) from e
 
 
+class _FileRows(NamedTuple):
+    frame: pl.DataFrame  # row, source_file, (sheet), then the columns after the rename rule
+    id_col: str
+    prog_col: str
+    sheet: str | None
+    blank_lines: int
+    float_identifier: bool  # a Parquet identifier column of floats (its values read 9.2e11)
+    original_names: dict[str, str]  # renamed column -> its name in the file
+
+
 def _read_file(
     path: str,
     fmt: Format,
     job: Job,
     label: str,
     notes: list[str],
-) -> tuple[pl.DataFrame, str, str, str | None]:
+) -> _FileRows:
     """One file's rows: `row` (1-based), `source_file`, (`sheet`), then its columns after the
-    rename rule; also the identifier and program columns' names, and the sheet's name."""
+    rename rule; also the identifier and program columns' names, and the sheet's name.
+
+    Blank lines (and rows of empty cells) are dropped but keep their number, so that `row` is
+    the line a person sees in a spreadsheet, minus the header.
+    """
     inp = job.input
     lf, names, sheet = _open_file(path, fmt, job, label)
     position: dict[str, pl.DataType] = {"row": pl.Int64(), "source_file": pl.String()}
@@ -316,7 +362,7 @@ def _read_file(
                 inp.program_column: pl.String,
             }
         )
-        return empty, inp.identifier_column, inp.program_column, sheet
+        return _FileRows(empty, inp.identifier_column, inp.program_column, sheet, 0, False, {})
 
     # polars renames a repeated header to <name>_duplicated_<n>: which one is meant is a guess.
     repeated = [
@@ -348,7 +394,17 @@ def _read_file(
     # The renamed names of the identifier/program columns are what validation reads.
     row_number = [pl.col(excel.SHEET_ROW)] if sheet is not None else []
     lf = lf.select([*row_number, *(pl.col(old).alias(new) for old, new in kept.items())])
+    if fmt == "csv" and any(n in BATCHER_COLUMNS for n in names):
+        # batcher wrote this file: undo its formula markers, so every value reads back as it was.
+        lf = lf.with_columns(restore_formula(new) for new in kept.values())
+    float_identifier = False
     if fmt == "parquet":
+        float_identifier = id_col is not None and lf.collect_schema()[id_col].is_float()
+        if float_identifier:
+            notes.append(
+                f"{label}: the {inp.identifier_column} column holds floating-point numbers; "
+                "its values are rejected (a float may have lost digits): write it as text"
+            )
         # Parquet keeps types: identifiers and programs become text (an integer mobile casts
         # exactly; a float one shows its float text and is rejected, never silently rounded).
         lf = lf.with_columns(pl.col(c).cast(pl.String) for c in {id_col, prog_col} if c)
@@ -373,7 +429,14 @@ def _read_file(
         raise _unreadable(path, fmt, e) from e
     except OSError as e:
         raise _unreadable(path, fmt, e) from e
-    return frame, id_col or inp.identifier_column, prog_col or inp.program_column, sheet
+    id_col, prog_col = id_col or inp.identifier_column, prog_col or inp.program_column
+    blank = _blank_rows(frame, id_col)
+    blank_lines = 0
+    if blank is not None:
+        blank_lines = int(blank.sum())
+        frame = frame.filter(~blank)
+    originals = {new: old for old, new in kept.items() if new != old}
+    return _FileRows(frame, id_col, prog_col, sheet, blank_lines, float_identifier, originals)
 
 
 def _unreadable(path: Path | str, fmt: Format, e: BaseException) -> InputError:
@@ -692,56 +755,61 @@ def load_source(job: Job) -> Source:
         # An object's fingerprint is what the store says of it: listed before it is read.
         files = fingerprint_inputs(job)
         paths, is_glob = [f.path for f in files], len(files) > 1 or _glob_path(job)
-        fmt, columns, rows, id_col, prog_col, notes, sheet = _load_rows(job, paths)
-        return _source(job, files, fmt, columns, rows, id_col, prog_col, is_glob, notes, sheet)
+        return _source(job, files, _load_rows(job, paths), is_glob)
     paths, is_glob = resolve_inputs(job)
     # hashlib releases the GIL: the files are hashed while polars reads and checks them.
     with ThreadPoolExecutor(max_workers=1) as pool:
         described = pool.submit(lambda: [describe_local(Path(p)) for p in paths])
         try:
-            fmt, columns, rows, id_col, prog_col, notes, sheet = _load_rows(job, paths)
+            loaded = _load_rows(job, paths)
         except BaseException:
             described.result()  # an unreadable file is reported as such, before anything else
             raise
         files = described.result()
-    return _source(job, files, fmt, columns, rows, id_col, prog_col, is_glob, notes, sheet)
+    return _source(job, files, loaded, is_glob)
 
 
 def _glob_path(job: Job) -> bool:
     return any(c in job.input.path for c in "*?[")
 
 
-def _source(
-    job: Job,
-    files: list[InputFile],
-    fmt: Format,
-    columns: list[str],
-    rows: pl.DataFrame,
-    id_col: str,
-    prog_col: str,
-    is_glob: bool,
-    notes: list[str],
-    sheet: str | None,
-) -> Source:
+def _source(job: Job, files: list[InputFile], loaded: _Loaded, is_glob: bool) -> Source:
     return Source(
         files=files,
-        format=fmt,
-        columns=columns,
-        rows=rows,
+        format=loaded.format,
+        columns=loaded.columns,
+        rows=loaded.rows,
         identifier=job.input.identifier,
-        identifier_column=id_col,
-        program_column=prog_col,
+        identifier_column=loaded.id_col,
+        program_column=loaded.prog_col,
         is_glob=is_glob,
-        notes=notes,
-        sheet=sheet,
+        notes=loaded.notes,
+        sheet=loaded.sheet,
+        blank_lines=loaded.blank_lines,
+        original_names=loaded.original_names,
+        dialect=dialect_of(job),
     )
 
 
-def _load_rows(
-    job: Job, paths: list[str]
-) -> tuple[Format, list[str], pl.DataFrame, str, str, list[str], str | None]:
-    """(format, input columns, validated rows, identifier column, program column, notes,
-    sheet name)."""
+def dialect_of(job: Job) -> CsvDialect:
+    """The job's CSV dialect: the files batcher hands back are written as its input was."""
+    return CsvDialect(job.input.separator, job.input.encoding)
+
+
+class _Loaded(NamedTuple):
+    format: Format
+    columns: list[str]
+    rows: pl.DataFrame
+    id_col: str
+    prog_col: str
+    notes: list[str]
+    sheet: str | None
+    blank_lines: int
+    original_names: dict[str, str]
+
+
+def _load_rows(job: Job, paths: list[str]) -> _Loaded:
+    """The files' rows, validated, with what was learnt reading them."""
     formats = {p: format_of(p) for p in paths}
     kinds = set(formats.values())
     if len(kinds) > 1:
@@ -757,10 +825,18 @@ def _load_rows(
     columns: list[str] = []
     id_col, prog_col = job.input.identifier_column, job.input.program_column
     sheet: str | None = None
+    blank_lines = 0
+    float_files: list[str] = []
+    original_names: dict[str, str] = {}
     for path in paths:
         label = display_name(path, job.base_dir)
-        frame, id_col, prog_col, file_sheet = _read_file(path, fmt, job, label, notes)
-        sheet = sheet or file_sheet
+        got = _read_file(path, fmt, job, label, notes)
+        frame, id_col, prog_col = got.frame, got.id_col, got.prog_col
+        sheet = sheet or got.sheet
+        blank_lines += got.blank_lines
+        original_names.update(got.original_names)
+        if got.float_identifier:
+            float_files.append(label)
         frames.append(frame)
         columns += [c for c in frame.columns if c not in POSITION_COLUMNS and c not in columns]
     try:
@@ -772,4 +848,28 @@ def _load_rows(
         ) from e
     combined = combined.with_row_index("_key").with_columns(pl.col("_key").cast(pl.Int64))
     rows = validate_rows(combined, job.input.identifier, id_col, prog_col, national_mobiles(job))
-    return fmt, columns, rows, id_col, prog_col, notes, sheet
+    if float_files:
+        rows = _explain_float_identifiers(rows, float_files, job.input.identifier_column)
+    return _Loaded(fmt, columns, rows, id_col, prog_col, notes, sheet, blank_lines, original_names)
+
+
+def _explain_float_identifiers(rows: pl.DataFrame, labels: list[str], column: str) -> pl.DataFrame:
+    """A float identifier's rejection says why, not only that the value is malformed."""
+    identifier_reasons = [
+        "invalid_mobile",
+        "mobile_in_scientific_notation",
+        "invalid_email",
+        "invalid_external_id",
+        "invalid_id",
+    ]
+    why = (
+        f"the {column} column is stored as floating-point numbers in the Parquet file, so this "
+        "value reads as a float (such as 919800000001.0) and may have lost digits; write the "
+        "column as text (or as integers)"
+    )
+    hit = pl.col("source_file").is_in(labels) & pl.col("reason").cast(pl.String).is_in(
+        identifier_reasons
+    )
+    return rows.with_columns(
+        pl.when(hit).then(pl.lit(why)).otherwise(pl.col("message")).alias("message")
+    )

@@ -1,9 +1,19 @@
-"""Result tables (rejects, failures): atomic, owner-only, safe to open in a spreadsheet."""
+"""Result tables (rejects, failures): atomic, owner-only, safe to open in a spreadsheet, and
+readable back by the same job as they are.
+
+CSV is written in the input's dialect: its separator, and its encoding (UTF-8 with a BOM, so
+that a spreadsheet shows accents; any other codec as itself), so a failures or rejects file
+works as `--input` to the job it came from. batcher's own columns in those files are named
+`batcher_*` (BATCHER_COLUMNS): a user's export never has them by accident, so they mark a file
+fed back, and a user's own `status` or `note` column keeps its name.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +25,41 @@ TableFormat = Literal["csv", "parquet", "xlsx"]
 # Excel's rows per sheet, the header included.
 XLSX_MAX_ROWS = 1_048_576
 
+# batcher's verdict columns in the hand-off files, by the column they show. The prefix is the
+# mark of a fed-back file (see source.py): a user's file may well have `status`, never these.
+BATCHER_PREFIX = "batcher_"
+FAILURE_VERDICT = ("status", "code", "message")
+REJECT_HEAD = ("row", "source_file", "sheet")  # source_file for globs, sheet for workbooks
+REJECT_VERDICT = ("status", "reason", "message", "duplicate_of")
+BATCHER_COLUMNS = tuple(
+    BATCHER_PREFIX + c for c in dict.fromkeys((*REJECT_HEAD, *FAILURE_VERDICT, *REJECT_VERDICT))
+)
+
+_UTF8 = {"utf8", "utf-8", "utf8-lossy", "utf-8-lossy", "utf_8"}
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True, slots=True)
+class CsvDialect:
+    """How a job's CSV files are written: its input's separator and encoding."""
+
+    separator: str = ","
+    encoding: str = "utf8"
+
+    @property
+    def is_utf8(self) -> bool:
+        return self.encoding.lower() in _UTF8
+
+    @property
+    def codec(self) -> str:
+        """The Python codec a file is written with: UTF-8 with its BOM, or the input's own."""
+        return "utf-8-sig" if self.is_utf8 else self.encoding
+
+
+def batcher_column(name: str) -> str:
+    return BATCHER_PREFIX + name
+
+
 # A cell a spreadsheet would run as a formula: =, @, tab or CR first, or + / - followed by
 # anything other than a phone-like number (digits, spaces, dashes, parentheses, dots).
 _FORMULA_START_RE = r"^[=@\t\r]"
@@ -22,13 +67,28 @@ _SIGN_START_RE = r"^[+-]"
 _PHONE_LIKE_RE = r"^[+-][0-9 ().\-]*$"
 
 
-def neutralise_formula(column: str) -> pl.Expr:
-    """Prefix formula-looking text with an apostrophe (the spreadsheet text marker)."""
-    col = pl.col(column)
-    risky = col.str.contains(_FORMULA_START_RE) | (
-        col.str.contains(_SIGN_START_RE) & ~col.str.contains(_PHONE_LIKE_RE)
+def _formula_like(text: pl.Expr) -> pl.Expr:
+    return text.str.contains(_FORMULA_START_RE) | (
+        text.str.contains(_SIGN_START_RE) & ~text.str.contains(_PHONE_LIKE_RE)
     )
+
+
+def neutralise_formula(column: str) -> pl.Expr:
+    """Prefix formula-looking text with an apostrophe (the spreadsheet text marker).
+
+    Also when it already has apostrophes in front (`'=x` becomes `''=x`), so that
+    `restore_formula` undoes exactly this and nothing else: the two are inverses.
+    """
+    col = pl.col(column)
+    risky = _formula_like(col.str.strip_chars_start("'"))
     return pl.when(risky).then(pl.lit("'") + col).otherwise(col).alias(column)
+
+
+def restore_formula(column: str) -> pl.Expr:
+    """Undo `neutralise_formula` (for a file batcher wrote)."""
+    col = pl.col(column)
+    marked = col.str.starts_with("'") & _formula_like(col.str.strip_chars_start("'"))
+    return pl.when(marked).then(col.str.slice(1)).otherwise(col).alias(column)
 
 
 def write_table(
@@ -37,25 +97,38 @@ def write_table(
     fmt: TableFormat,
     *,
     sheet: str | None = None,
+    dialect: CsvDialect | None = None,
+    for_people: bool = True,
 ) -> Path:
     """Write `frame` to `path` as CSV, Parquet or Excel: via a temporary file, then an atomic
-    rename. `sheet`: an Excel file's sheet name (that of the input, so the job reads it back)."""
+    rename. `sheet`: an Excel file's sheet name (that of the input, so the job reads it back).
+
+    CSV is written in `dialect` (default: comma, UTF-8 with a BOM); `for_people` neutralises
+    formula-looking cells (a file only batcher reads, such as a retry's input, is left as is).
+    """
     path = Path(path)
+    dialect = dialect or CsvDialect()
     data = frame.collect() if isinstance(frame, pl.LazyFrame) else frame
-    if fmt == "csv":
+    if fmt == "csv" and for_people:
         strings = [name for name, dtype in data.schema.items() if dtype == pl.String]
         data = data.with_columns(neutralise_formula(c) for c in strings)
     elif fmt == "xlsx":
         return _write_xlsx(data, path, sheet or "Sheet1")
-    elif fmt != "parquet":
+    elif fmt not in ("csv", "parquet"):
         raise ValueError(f"unknown table format {fmt!r}")
     tmp = path.with_name(f".{path.name}.tmp")
     # Created owner-only before any data goes in (it holds customer identifiers).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            if fmt == "csv":
-                data.write_csv(f)
+            if fmt == "csv" and dialect.is_utf8:
+                f.write(_BOM)  # how a spreadsheet knows the file is UTF-8
+                data.write_csv(f, separator=dialect.separator)
+            elif fmt == "csv":
+                # Every input value came from this encoding, so it encodes back; only text
+                # batcher adds (an API message) could hold a character it lacks.
+                text = data.write_csv(separator=dialect.separator)
+                f.write(text.encode(dialect.encoding, errors="replace"))
             else:
                 data.write_parquet(f)
             f.flush()
@@ -207,11 +280,17 @@ def _splice_rows(skeleton: Path, out: Path, data: pl.DataFrame) -> None:
 
 
 def sink_table(
-    frame: pl.LazyFrame, path: str | Path, fmt: TableFormat, *, sheet: str | None = None
+    frame: pl.LazyFrame,
+    path: str | Path,
+    fmt: TableFormat,
+    *,
+    sheet: str | None = None,
+    dialect: CsvDialect | None = None,
 ) -> Path:
     """`write_table` for a frame too big to hold: streamed to the file, never collected
     (except for Excel, whose sheets hold at most a million rows anyway)."""
     path = Path(path)
+    dialect = dialect or CsvDialect()
     if fmt == "xlsx":
         return write_table(frame, path, fmt, sheet=sheet)
     if fmt == "csv":
@@ -223,7 +302,12 @@ def sink_table(
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # owner-only from birth
     try:
         if fmt == "csv":
-            frame.sink_csv(tmp)
+            raw = path.with_name(f".{path.name}.raw")
+            try:
+                frame.sink_csv(raw, separator=dialect.separator)
+                _transcode(raw, tmp, dialect)
+            finally:
+                raw.unlink(missing_ok=True)
         else:
             frame.sink_parquet(tmp)
         fd = os.open(tmp, os.O_RDONLY)
@@ -236,3 +320,13 @@ def sink_table(
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _transcode(raw: Path, out: Path, dialect: CsvDialect) -> None:
+    """Copy polars' UTF-8 CSV into `out` in the dialect's encoding (with a BOM for UTF-8),
+    a block at a time."""
+    with (
+        open(raw, encoding="utf-8", newline="") as src,
+        open(out, "w", encoding=dialect.codec, errors="replace", newline="") as dst,
+    ):
+        shutil.copyfileobj(src, dst, 1 << 20)

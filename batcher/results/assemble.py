@@ -28,7 +28,13 @@ from typing import Any
 
 import polars as pl
 
-from batcher.input.tables import TableFormat, sink_table
+from batcher.input.tables import (
+    FAILURE_VERDICT,
+    CsvDialect,
+    TableFormat,
+    batcher_column,
+    sink_table,
+)
 from batcher.results.journal import (
     INTENTS_NAME,
     JOURNAL_SCHEMA,
@@ -153,9 +159,17 @@ def codes_table(outcomes: pl.DataFrame, limit: int = 20) -> list[dict[str, Any]]
     return _top_codes(_codes(outcomes), limit)
 
 
-def failure_columns(columns: list[str]) -> list[str]:
-    """The failures file: the input's columns unchanged, then the verdict (feeds back as input)."""
-    return [*columns, "status", "code", "message"]
+def failure_columns(
+    columns: list[str], original_names: dict[str, str] | None = None
+) -> list[pl.Expr]:
+    """The failures file: the input's columns under their own names (a user's `status` is
+    `input_status` in outcomes), then batcher's verdict as `batcher_status`, `batcher_code`,
+    `batcher_message` (the mark of a file fed back as input)."""
+    names = original_names or {}
+    return [
+        *(pl.col(c).alias(names.get(c, c)) for c in columns),
+        *(pl.col(c).alias(batcher_column(c)) for c in FAILURE_VERDICT),
+    ]
 
 
 # --- the streamed assembly -------------------------------------------------------------------
@@ -172,6 +186,8 @@ def assemble_run(
     failures_path: Path,
     sheet: str | None = None,
     range_rows: int = RANGE_ROWS,
+    original_names: dict[str, str] | None = None,
+    dialect: CsvDialect | None = None,
 ) -> Assembly:
     """Write the outcomes and failures files from `rows` (Source.rows) and the journal at
     `journal_path`, then fold the journal; memory is bounded by `range_rows`, not the job."""
@@ -179,15 +195,17 @@ def assemble_run(
     shutil.rmtree(work, ignore_errors=True)  # a killed assembly's leftovers
     work.mkdir(mode=0o700)
     try:
-        parts = _Parts(work)
+        parts = _Parts(work, original_names=original_names)
         try:
             _assemble_by_range(rows, journal_path, work, columns, unsent, parts, range_rows)
         except _KeysDisagree:
-            parts = _Parts(work, "whole")
+            parts = _Parts(work, "whole", original_names=original_names)
             journal = read_journal(journal_path)
             parts.add(rows, journal, assemble_outcomes(rows, journal, columns, unsent), columns)
         sink_table(pl.scan_parquet(parts.outcomes), outcomes_path, "parquet")
-        sink_table(pl.scan_parquet(parts.failures), failures_path, fmt, sheet=sheet)
+        sink_table(
+            pl.scan_parquet(parts.failures), failures_path, fmt, sheet=sheet, dialect=dialect
+        )
         _fold(journal_path, work, parts)
         codes = (
             pl.concat(parts.codes).group_by("status", "code", "message").agg(pl.col("len").sum())
@@ -201,8 +219,11 @@ def assemble_run(
 class _Parts:
     """The per-range pieces of the result files and of the folded journal, on disk."""
 
-    def __init__(self, work: Path, label: str = "range") -> None:
+    def __init__(
+        self, work: Path, label: str = "range", *, original_names: dict[str, str] | None = None
+    ) -> None:
         self.work, self.label = work, label
+        self.original_names = original_names
         self.outcomes: list[Path] = []
         self.failures: list[Path] = []
         self.answers: list[Path] = []
@@ -217,7 +238,10 @@ class _Parts:
         self.outcomes.append(self._write(out, f"{self.label}-{n:05d}-outcomes"))
         failed = out.filter(pl.col("status").is_in([Status.FAILED.value, Status.RETRYABLE.value]))
         self.failures.append(
-            self._write(failed.select(failure_columns(columns)), f"{self.label}-{n:05d}-failures")
+            self._write(
+                failed.select(failure_columns(columns, self.original_names)),
+                f"{self.label}-{n:05d}-failures",
+            )
         )
         self.answers.append(
             self._write(answers.select(*JOURNAL_SCHEMA), f"{self.label}-{n:05d}-answers")

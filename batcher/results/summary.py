@@ -24,6 +24,8 @@ class InputFacts:
     format: str = "csv"
     files: list[dict[str, Any]] = field(default_factory=list)  # input.files.InputFile.to_json()
     rows: int = 0
+    # Blank lines (or rows of empty cells) skipped: not rows, but they keep their numbers.
+    blank_lines_skipped: int = 0
     columns: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 

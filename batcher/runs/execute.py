@@ -359,6 +359,8 @@ def finish(prepared: Prepared, sent: Sent) -> RunResult:
         outcomes_path=folder.outcomes_path,
         failures_path=folder.failures_path(source.format),
         sheet=source.sheet,
+        original_names=source.original_names,
+        dialect=source.dialect,
     )
     counts, failures_path = assembly.counts, assembly.failures_path
     if sent.abort is not None:
@@ -468,6 +470,7 @@ def _manifest(job: Job, run_id: str, source: Source, parent: str | None) -> Mani
         input=ManifestInput(
             pattern=input_location(job),
             columns=source.columns,
+            columns_as_written=[source.original_names.get(c, c) for c in source.columns],
             format=source.format,
             files=input_file_facts(source),
             rows=source.row_count,

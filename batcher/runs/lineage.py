@@ -7,6 +7,8 @@ from, so `report` can give one final answer per original input row.
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -15,10 +17,12 @@ import polars as pl
 import structlog
 
 from batcher.errors import BatcherError, InputError
+from batcher.input import cloud
 from batcher.input.files import Format, fingerprint_inputs
+from batcher.input.source import dialect_of
 from batcher.input.tables import write_table
 from batcher.job import Job, load_job
-from batcher.results.journal import unconfirmed_sends
+from batcher.results.journal import INTENTS_NAME, folded_path, unconfirmed_sends
 from batcher.results.outcomes import ANSWER_COLUMNS, STATUSES, Status
 from batcher.runs.execute import RunResult, execute
 from batcher.runs.rundir import Manifest, RunDir, job_output_dir
@@ -43,10 +47,17 @@ def job_of_run(run_dir: Path, manifest: Manifest) -> Job:
     return replace(job, output_url=manifest.output_url)
 
 
+def _same_path(location: str) -> str:
+    """A local path with `..` and symlinks resolved; an object's URL as it is."""
+    return location if cloud.is_object_url(location) else os.path.realpath(location)
+
+
 def _check_fingerprints(job: Job, manifest: Manifest) -> list[str]:
     """What changed in the input files since the run started (empty: nothing)."""
-    before = {f["path"]: f for f in manifest.input.files}
-    now = {f.path: f for f in fingerprint_inputs(job)}
+    # The same normalisation both ways (`..` folded, symlinks followed): only a real change of
+    # content, or of which files there are, refuses a resume.
+    before = {_same_path(f["path"]): f for f in manifest.input.files}
+    now = {_same_path(f.path): f for f in fingerprint_inputs(job)}
     changes = [f"{p} is gone" for p in before if p not in now]
     changes += [f"{p} is new" for p in now if p not in before]
     for path, old in before.items():
@@ -133,32 +144,56 @@ def retry(
         log.info("retry.nothing_to_do", parent=parent_dir.name, statuses=wanted)
         return None
     columns = manifest.input.columns
+    # The child's input has the parent input's own column names (a user's `status` column is
+    # `input_status` in outcomes.parquet), in the job's separator and encoding: the same job
+    # reads it exactly as it read the parent's input.
+    as_written = manifest.input.columns_as_written or columns
     fmt = cast(Format, manifest.input.format)
     roots = _root_rows(parent_dir, outcomes)
     picked = picked.join(roots, on="row", how="left", maintain_order="left")
     child_run = RunDir.create(job)
     run_dir = child_run.path
-    input_path = child_run.retry_input_path(fmt)
-    sheet = manifest.input.sheet
-    write_table(picked.select(columns), input_path, fmt, sheet=sheet)
-    picked.select(
-        pl.int_range(1, picked.height + 1, dtype=pl.Int64).alias("row"),
-        "root_row",
-        "root_source_file",
-        "root_run",
-    ).write_parquet(child_run.origin_path)
-    child = job.with_overrides(input_path=str(input_path))
-    if sheet is not None:  # the child's workbook has that one sheet, by name
-        child = replace(child, input=replace(child.input, sheet=sheet))
-    log.info("retry.started", parent=parent_dir.name, rows=picked.height, statuses=wanted)
-    return execute(
-        replace(child),
-        run_dir=run_dir,
-        parent=parent_dir.name,
-        progress=progress,
-        maybe_sent=unconfirmed_sends(parent_run.journal_path),
-        wait_for_lock=wait_for_lock,
-    )
+    try:
+        input_path = child_run.retry_input_path(fmt)
+        sheet = manifest.input.sheet
+        write_table(
+            picked.select(pl.col(c).alias(n) for c, n in zip(columns, as_written, strict=True)),
+            input_path,
+            fmt,
+            sheet=sheet,
+            dialect=dialect_of(job),
+            for_people=False,
+        )
+        picked.select(
+            pl.int_range(1, picked.height + 1, dtype=pl.Int64).alias("row"),
+            "root_row",
+            "root_source_file",
+            "root_run",
+        ).write_parquet(child_run.origin_path)
+        child = job.with_overrides(input_path=str(input_path))
+        if sheet is not None:  # the child's workbook has that one sheet, by name
+            child = replace(child, input=replace(child.input, sheet=sheet))
+        log.info("retry.started", parent=parent_dir.name, rows=picked.height, statuses=wanted)
+        return execute(
+            replace(child),
+            run_dir=run_dir,
+            parent=parent_dir.name,
+            progress=progress,
+            maybe_sent=unconfirmed_sends(parent_run.journal_path),
+            wait_for_lock=wait_for_lock,
+        )
+    except BaseException:
+        _discard_if_never_started(child_run)
+        raise
+
+
+def _discard_if_never_started(folder: RunDir) -> None:
+    """A retry that failed before sending leaves no folder that `runs` would list."""
+    journal = folder.journal_path
+    sent = [journal, journal.with_name(INTENTS_NAME), folded_path(journal)]
+    if any(p.is_file() and p.stat().st_size for p in sent):
+        return  # something was sent: the folder is a run, to resume
+    shutil.rmtree(folder.path, ignore_errors=True)
 
 
 def _runs_of(job_dir: Path) -> dict[str, Manifest]:

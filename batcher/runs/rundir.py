@@ -43,6 +43,9 @@ class ManifestInput:
     files: list[dict[str, Any]]  # input.files.InputFile.to_json(): what a resume compares
     rows: int
     sheet: str | None = None
+    # `columns` under their names in the input file (outcomes.parquet renames a user's
+    # `status` to `input_status`; a retry's input gives it its name back). None: the same.
+    columns_as_written: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

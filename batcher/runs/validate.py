@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from batcher.input.source import Source, count_national_mobiles, load_source
-from batcher.input.tables import write_table
+from batcher.input.tables import REJECT_VERDICT, batcher_column, write_table
 from batcher.job import Job
 from batcher.plan import Plan, PlanFigures, plan_figures
 from batcher.present.progress import clock
@@ -27,13 +27,18 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def reject_columns(source: Source) -> list[str]:
-    """Columns of the rejects file: row, source_file (globs only), sheet (workbooks), the
-    input's, the verdict."""
+def reject_columns(source: Source) -> list[pl.Expr]:
+    """Columns of the rejects file: batcher_row (batcher_source_file for globs, batcher_sheet
+    for workbooks), the input's columns under their own names, then batcher's verdict (see
+    tables.BATCHER_COLUMNS)."""
     head = ["row", "source_file"] if source.is_glob else ["row"]
     if source.sheet is not None:
         head.append("sheet")
-    return [*head, *source.columns, "status", "reason", "message", "duplicate_of"]
+    return [
+        *(pl.col(c).alias(batcher_column(c)) for c in head),
+        *source.as_written(),
+        *(pl.col(c).alias(batcher_column(c)) for c in REJECT_VERDICT),
+    ]
 
 
 def write_rejects(source: Source, folder: RunDir) -> Path | None:
@@ -43,7 +48,11 @@ def write_rejects(source: Source, folder: RunDir) -> Path | None:
         return None
     path = folder.rejects_path(source.format)
     return write_table(
-        rejects.select(reject_columns(source)), path, source.format, sheet=source.sheet
+        rejects.select(reject_columns(source)),
+        path,
+        source.format,
+        sheet=source.sheet,
+        dialect=source.dialect,
     )
 
 
@@ -105,7 +114,9 @@ def plan_summary(job: Job, run_id: str, source: Source, plan: PlanFigures) -> Pl
             format=source.format,
             files=input_file_facts(source),
             rows=source.row_count,
-            columns=source.columns,
+            blank_lines_skipped=source.blank_lines,
+            # As named in the input file (outcomes.parquet renames a few: see the notes).
+            columns=[source.original_names.get(c, c) for c in source.columns],
             notes=source.notes,
         ),
         counts=source.counts(),

@@ -215,13 +215,13 @@ def test_failures_and_rejects_of_a_workbook_are_workbooks_that_work_as_input(
     assert set(outcomes.get_column("sheet")) == {"Pairs"}
     # Failures: an Excel file, the input's sheet name, the mobiles as text, formulas not run.
     failures = pl.read_excel(run_dir / "failures.xlsx", sheet_name="Pairs", infer_schema_length=0)
-    assert failures.columns == [*HEADER, "status", "code", "message"]
+    assert failures.columns == [*HEADER, "batcher_status", "batcher_code", "batcher_message"]
     assert failures.get_column("mobile").to_list() == unknown
     assert set(failures.get_column("region")) == {"=HYPERLINK(1)"}
     book = openpyxl.load_workbook(run_dir / "failures.xlsx")
     assert book["Pairs"]["A2"].data_type == "s" and book["Pairs"]["C2"].data_type == "s"
     rejects = pl.read_excel(run_dir / "rejects.xlsx", sheet_name="Pairs", infer_schema_length=0)
-    assert rejects.select("row", "sheet", "mobile", "status").rows() == [
+    assert rejects.select("batcher_row", "batcher_sheet", "mobile", "batcher_status").rows() == [
         ("9", "Pairs", "not-a-mobile", "rejected"),
         ("10", "Pairs", mobile(0), "duplicate"),
     ]
@@ -236,7 +236,7 @@ def test_failures_and_rejects_of_a_workbook_are_workbooks_that_work_as_input(
     (second,) = set((tmp_path / "out" / "xl").iterdir()) - {run_dir}  # ids share a second
     summary = read_summary(second)
     assert summary["counts"]["failed"] == 3 and summary["input"]["rows"] == 3
-    assert any("status, code, message" in n for n in summary["input"]["notes"])
+    assert any("batcher_status" in n and "fed back" in n for n in summary["input"]["notes"])
     snap = sim.snapshot()
     assert snap["counters"]["delink_requests"] > requests_before
     attempts = {(p["mobile"], p["program"]): p["attempts"] for p in snap["pairs"]}
