@@ -116,7 +116,13 @@ def test_every_status_with_its_code(tmp_path: Path, simulator: Sim) -> None:
     assert out.filter(pl.col("status") == "delinked")["request_id"].null_count() == 0
     # The failures file holds the two failed rows, original columns first.
     failures = pl.read_csv(run_dir / "failures.csv", infer_schema=False)
-    assert failures.columns == ["mobile", "partner_program_name", "status", "code", "message"]
+    assert failures.columns == [
+        "mobile",
+        "partner_program_name",
+        "batcher_status",
+        "batcher_code",
+        "batcher_message",
+    ]
     assert failures.height == 2
 
     second = run_cli("run", str(job))  # nothing is linked any more
