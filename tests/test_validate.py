@@ -50,7 +50,7 @@ def test_samples_validate_and_every_row_is_accounted_for(
     counts = summary["counts"]
     assert counts["valid"] + counts["rejected"] + counts["duplicate"] == summary["input"]["rows"]
     assert sum(summary["reasons"].values()) == counts["rejected"]
-    assert summary["customers"] > 0 and summary["requests"] > 0
+    assert summary["customers"] > 0 and summary["requests_planned"] > 0
     assert summary["input"]["files"][0]["sha256"]
     assert summary["settings"]["api"]["customers_per_request"] == 50
     assert summary["started_at"] <= summary["finished_at"]
@@ -96,7 +96,7 @@ def test_preview_is_exactly_the_planned_bodies(tmp_path: Path) -> None:
     run_dir = only_run_dir(tmp_path / "out", "t")
     whole = json.loads((run_dir / "plan-preview.json").read_text())
     # 43 requests at 10 a minute: the time it takes at the quota, in the file and on screen.
-    assert (whole["requests"], whole["quota"]) == (43, "10/minute")
+    assert (whole["requests_planned"], whole["quota"]) == (43, "10/minute")
     assert (whole["expected_send_seconds"], whole["expected_send_time"]) == (258.0, "0:04:18")
     assert "at the quota of 10/minute sending takes at least 0:04:18" in result.output
     preview = whole["first_requests"]
@@ -107,7 +107,7 @@ def test_preview_is_exactly_the_planned_bodies(tmp_path: Path) -> None:
     }
     assert all(len(b["deLinkCustomers"]) == 7 for b in preview)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert (summary["customers"], summary["requests"]) == (300, 43)
+    assert (summary["customers"], summary["requests_planned"]) == (300, 43)
     assert summary["expected_send_seconds"] == 258.0
     assert summary["outputs"]["rejects"] is None
     assert not list(run_dir.glob("rejects.*"))

@@ -81,6 +81,29 @@ def print_plan_preview(preview: PlanPreview, console: Console) -> None:
     )
 
 
+def quota_text(summary: RunSummary) -> str:
+    """The pace against the quota, in the quota's own unit (per second or per minute).
+
+    The share is of the busiest window of the quota's period, which is what the API counts;
+    an average rate is shown only once the run sent for at least one period (over 20 ms,
+    three requests would read as "150 per second").
+    """
+    quota_per_s = summary.quota_requests_per_second
+    period_s = summary.quota_period_seconds or 1.0
+    if not quota_per_s:
+        return "no quota"
+    unit = "minute" if period_s >= 60 else "second"
+    quota = quota_per_s * period_s
+    parts = [f"quota {quota:,.4g}/{unit}"]
+    busiest = summary.quota_use.get("busiest_window_requests")
+    if busiest is not None:
+        parts.append(f"busiest {unit} {busiest:,} requests ({100 * busiest / quota:.0f}%)")
+    if summary.send_seconds >= period_s:
+        average = summary.achieved_requests_per_second * period_s
+        parts.append(f"average {average:,.1f}/{unit}")
+    return " · ".join(parts)
+
+
 def print_run_summary(summary: RunSummary, run_dir: Path, console: Console) -> None:
     rows = summary.input.rows
     counts = summary.counts
@@ -112,14 +135,10 @@ def print_run_summary(summary: RunSummary, run_dir: Path, console: Console) -> N
             )
         console.print(ct)
 
-    quota = summary.quota_requests_per_second
-    achieved = summary.achieved_requests_per_second
-    use = f" ({100 * achieved / quota:.0f}% of the quota)" if quota else ""
     console.print(
         f"requests {summary.requests_sent:,} · throttled {summary.throttled:,}"
         f" · retries {summary.retries:,} · splits {summary.splits:,}"
-        f" · {achieved:.1f} req/s vs quota {quota:.1f}/s{use}"
-        f" · elapsed {summary.elapsed_seconds:.1f} s"
+        f" · {quota_text(summary)} · elapsed {summary.elapsed_seconds:.1f} s"
     )
     where = org_text(summary.org)
     if where:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from batcher.present import logs
-from batcher.present.console import org_text
+from batcher.present.console import org_text, quota_text
 from batcher.results.outcomes import STATUSES
 from batcher.results.summary import RunSummary
 
@@ -134,7 +134,6 @@ def render_report(summary: RunSummary) -> str:
     counts = summary.counts
     rows = summary.input.rows or sum(counts.values())
     quota = summary.quota_requests_per_second
-    achieved = summary.achieved_requests_per_second
     settings = copy.deepcopy(summary.settings)
     logs.scrub_secrets(settings)
 
@@ -164,7 +163,7 @@ def render_report(summary: RunSummary) -> str:
         ("throttled", _number(summary.throttled)),
         ("retries", _number(summary.retries)),
         ("splits", _number(summary.splits)),
-        ("req/s vs quota", f"{achieved:.1f} / {quota:.1f}"),
+        ("pace vs quota", esc(quota_text(summary))),
         ("elapsed", f"{summary.elapsed_seconds:.1f} s"),
     ]
     out.append("<h2>Summary</h2><div class='cards'>")

@@ -43,7 +43,8 @@ class PlanSummary:
     reasons: dict[str, int] = field(default_factory=dict)
     pairs: int = 0
     customers: int = 0
-    requests: int = 0
+    # Requests the plan makes (a run's summary also has `requests_sent`: every HTTP request).
+    requests_planned: int = 0
     warnings: list[str] = field(default_factory=list)
     # At the quota: what sending takes at least (throttles and retries only add to it).
     expected_send_seconds: float = 0.0
@@ -93,6 +94,9 @@ class RunSummary(PlanSummary):
     send_seconds: float = 0.0
     achieved_requests_per_second: float = 0.0
     quota_requests_per_second: float = 0.0
+    quota_period_seconds: float = 1.0
+    # What the quota governs: the most requests in any window of its period (see quota_use).
+    quota_use: dict[str, Any] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
     timeline: list[dict[str, int]] = field(default_factory=list)
     org: dict[str, Any] | None = None

@@ -19,7 +19,7 @@ import structlog
 from batcher.errors import RunStopped
 from batcher.input.files import input_location
 from batcher.input.source import Source, load_source
-from batcher.job import Job
+from batcher.job import Job, Quota
 from batcher.plan import Plan, build_plan
 from batcher.present import logs
 from batcher.present.report import write_report
@@ -174,7 +174,7 @@ class Prepared:
         return {
             "rows": self.source.row_count,
             "pairs": self.plan.pairs.height,
-            "requests": self.plan.requests,
+            "requests_planned": self.plan.requests,
             "quota": str(self.job.api.quota),
             "expected_send_s": round(self.job.api.quota.seconds_for(self.plan.requests), 1),
             "resumed": self.command == "resume",
@@ -394,6 +394,8 @@ def finish(prepared: Prepared, sent: Sent) -> RunResult:
         send_seconds=round(send_s, 3),
         achieved_requests_per_second=round(stats.requests / send_s, 3) if send_s else 0.0,
         quota_requests_per_second=round(job.api.quota.rate_per_s, 3),
+        quota_period_seconds=job.api.quota.period_s,
+        quota_use=quota_use(stats.timeline, job.api.quota),
         latency_ms=_percentiles(stats.latencies_ms),
         timeline=[
             {"second": s, "requests": v[0], "throttled": v[1]}
@@ -445,6 +447,28 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         return None
     return uvloop.new_event_loop
+
+
+def quota_use(timeline: dict[int, list[int]], quota: Quota) -> dict[str, Any]:
+    """The most requests sent in any window of the quota's period (whole seconds of the run).
+
+    An average over a short run says nothing of the quota (three requests in 20 ms are "150
+    per second"); the busiest window is what the API counts.
+    """
+    window = max(1, round(quota.period_s))
+    per_second = [0] * (max(timeline) + 1 if timeline else 0)
+    for second, (requests, _) in timeline.items():
+        per_second[second] = requests
+    busiest = running = 0
+    for i, n in enumerate(per_second):
+        running += n - (per_second[i - window] if i >= window else 0)
+        busiest = max(busiest, running)
+    return {
+        "window_seconds": window,
+        "busiest_window_requests": busiest,
+        "quota_requests": quota.requests,
+        "percent": round(100 * busiest / quota.requests, 1) if quota.requests else None,
+    }
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:

@@ -104,23 +104,61 @@ def format_counts(counts: dict[str, int]) -> str:
     return " · ".join(f"{s} {n:,}" for s, n in counts.items() if n) or "-"
 
 
+# Below this width the table would have to cut run ids: each run is printed as two lines.
+_TABLE_MIN_WIDTH = 140
+
+
 def print_runs(runs: list[PastRun], console: Any) -> None:
-    """A table of past runs (console: a rich Console)."""
+    """Past runs (console: a rich Console): a table, or on a narrow console two lines per run,
+    so that a run id (what `resume`, `retry` and `report` take) is never cut."""
     from rich.table import Table
     from rich.text import Text
 
+    if console.width < _TABLE_MIN_WIDTH:
+        _print_runs_narrow(runs, console)
+        return
     table = Table(title_justify="left")
     for name in ("job", "run id", "command", "started", "duration", "counts", "exit", "parent"):
-        table.add_column(name, justify="right" if name in ("duration", "exit") else "left")
+        table.add_column(
+            name,
+            justify="right" if name in ("duration", "exit") else "left",
+            no_wrap=name in ("run id", "parent"),
+        )
     for r in runs:
         table.add_row(
             Text(r.job),
             Text(r.run_id),
             Text(r.command or "-"),
             Text(r.started_at or "-"),
-            Text(f"{r.duration_s:.1f} s" if r.duration_s is not None else "-"),
+            Text(_duration_text(r)),
             Text(format_counts(r.counts)) if r.finished else Text("unfinished", style="yellow"),
             Text(str(r.exit_code) if r.exit_code is not None else "-"),
             Text(r.parent or "-"),
         )
     console.print(table)
+
+
+def _duration_text(r: PastRun) -> str:
+    return f"{r.duration_s:.1f} s" if r.duration_s is not None else "-"
+
+
+def _print_runs_narrow(runs: list[PastRun], console: Any) -> None:
+    from rich.text import Text
+
+    jobs = {r.job for r in runs}
+    for r in runs:
+        head = Text()
+        if len(jobs) > 1:
+            head.append(f"{r.job} ")
+        head.append(r.run_id, style="bold")
+        head.append(f"  {r.command or '-'} · started {r.started_at or '-'} · {_duration_text(r)}")
+        head.append(f" · exit {r.exit_code if r.exit_code is not None else '-'}")
+        body = Text("  ")
+        if r.finished:
+            body.append(format_counts(r.counts))
+        else:
+            body.append("unfinished", style="yellow")
+        if r.parent:
+            body.append(f" · parent {r.parent}")
+        console.print(head)
+        console.print(body)

@@ -74,7 +74,7 @@ def write_plan_preview(
         {
             "pairs": figures.pairs,
             "customers": figures.customers,
-            "requests": figures.requests,
+            "requests_planned": figures.requests,
             "quota": str(job.api.quota),
             "expected_send_seconds": round(send_s, 1),
             "expected_send_time": clock(send_s),
@@ -123,7 +123,7 @@ def plan_summary(job: Job, run_id: str, source: Source, plan: PlanFigures) -> Pl
         reasons=source.reason_counts(),
         pairs=plan.pairs,
         customers=plan.customers,
-        requests=plan.requests,
+        requests_planned=plan.requests,
         warnings=input_warnings(job, source),
         expected_send_seconds=round(job.api.quota.seconds_for(plan.requests), 1),
     )
@@ -152,7 +152,7 @@ def print_summary(summary: ValidateSummary, run_dir: Path, console: Console | No
         console.print(f"[yellow]warning[/yellow]: {warning}")
     api = summary.settings["api"]
     console.print(
-        f"Plan: {summary.customers:,} customers in {summary.requests:,} requests "
+        f"Plan: {summary.customers:,} customers in {summary.requests_planned:,} requests "
         f"(at most {api['customers_per_request']} customers each); "
         f"at the quota of {api['rate']} sending takes at least "
         f"{clock(summary.expected_send_seconds)} (h:mm:ss). Nothing was sent."
