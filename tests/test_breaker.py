@@ -66,7 +66,7 @@ def test_the_stop_message_names_code_message_a_masked_sample_and_the_resume() ->
     breaker: ShareBreaker[tuple[int | None, str | None]] = ShareBreaker(0.9, after_pairs=250)
     for i in range(250):
         kind = GOLD if i % 40 else None  # 97% failed
-        breaker.add(kind, failure_sample(2006, "919800000001", "Gold Club"))
+        breaker.add(kind, lambda: failure_sample(2006, "919800000001", "Gold Club"))
     assert breaker.tripped is not None
     text = failure_stop_message(breaker.tripped, "batcher resume out/x/run-1")
     assert text.startswith(

@@ -200,3 +200,56 @@ def test_oauth_token_of_the_expected_org_runs_and_records_it(
     started = [json.loads(line) for line in run_log if '"run.started"' in line]
     assert len(started) == 1 and started[0]["org_id"] == 200
     assert started[0]["till"] == "demo.till"
+
+
+def test_basic_canary_of_another_org_stops_after_one_request_exit_3(
+    tmp_path: Path, simulator: Sim
+) -> None:
+    sim = simulator(clean_profile(org_id=100))
+    rows = write_pairs(tmp_path / "pairs.csv", range(300), ["partner-01"])
+
+    result, summary = run_job(tmp_path, sim, auth="basic", expect_org_id=200)
+
+    assert result.exit_code == 3, result.output
+    assert "org 100" in result.output and "org 200" in result.output
+    seen = counters(sim)
+    assert seen["delink_requests"] == 1 and seen["customers"] == 1  # the canary alone
+    counts = summary["counts"]
+    # The canary's answer is what the API did; every other row was never sent.
+    assert counts["delinked"] == 1 and counts["retryable"] == rows - 1
+    assert summary["org"]["org_id"] == 100 and summary["exit_code"] == 3
+    assert "batcher resume" in result.output
+
+
+def test_basic_canary_of_the_expected_org_then_the_rest(tmp_path: Path, simulator: Sim) -> None:
+    sim = simulator(clean_profile(org_id=200))
+    rows = write_pairs(tmp_path / "pairs.csv", range(300), ["partner-01"])
+
+    result, summary = run_job(tmp_path, sim, auth="basic", expect_org_id=200)
+
+    assert result.exit_code == 0, result.output
+    assert summary["counts"]["delinked"] == rows
+    # The canary is one customer alone, the first planned request's other 49 go on their own.
+    assert counters(sim)["delink_requests"] == 7
+    assert summary["org"] == {
+        "org_id": 200,
+        "till": "demo.till",
+        "expected_org_id": 200,
+        "seen_in": "response headers",
+    }
+
+
+def test_no_org_header_is_one_warning_and_the_run_carries_on(
+    tmp_path: Path, simulator: Sim
+) -> None:
+    sim = simulator(clean_profile(org_headers=False))
+    rows = write_pairs(tmp_path / "pairs.csv", range(300), ["partner-01"])
+
+    result, summary = run_job(tmp_path, sim, auth="basic", expect_org_id=200)
+
+    assert result.exit_code == 0, result.output
+    assert summary["counts"]["delinked"] == rows
+    run_log = (only_run_dir(tmp_path / "out") / "run.log.jsonl").read_text()
+    assert run_log.count('"org.not_reported"') == 1
+    assert summary["org"]["org_id"] is None and summary["org"]["expected_org_id"] == 200
+    assert "org not reported by the API (expected org 200)" in result.output

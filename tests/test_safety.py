@@ -27,6 +27,7 @@ from tests.conftest import (
     clean_profile,
     mobile,
     only_run_dir,
+    read_summary,
     write_job,
     write_pairs,
 )
@@ -210,3 +211,41 @@ def test_off_a_terminal_it_never_asks(tmp_path: Path, simulator: Sim) -> None:
     assert "cannot be undone" not in result.output
     assert requests_seen(sim) > 0
     assert only_run_dir(tmp_path / "out")
+
+
+def unknown_program_rows(path: Path, customers: int) -> int:
+    lines = "".join(f"{mobile(i)},Gold Club\n" for i in range(customers))
+    path.write_text("mobile,partner_program_name\n" + lines)
+    return customers
+
+
+def test_a_file_of_unknown_programs_stops_early(tmp_path: Path, simulator: Sim) -> None:
+    """10,000 rows, 200 planned requests, every answer 2006: at most 20 requests."""
+    sim = simulator(clean_profile())
+    rows = unknown_program_rows(tmp_path / "pairs.csv", 10_000)
+    job = write_job(tmp_path, sim.base_url)
+
+    result = CliRunner().invoke(main, ["run", str(job)], env=DEMO_ENV)
+
+    assert result.exit_code == 3, result.output
+    assert requests_seen(sim) <= 20
+    run_dir = only_run_dir(tmp_path / "out")
+    summary = read_summary(run_dir)
+    counts = summary["counts"]
+    assert counts["failed"] >= 200 and counts["failed"] + counts["retryable"] == rows
+    stop = summary["abort"]
+    assert "% of the first" in stop and "2006 'Cannot find the partner program'" in stop
+    assert "(program 'Gold Club')" in stop and "check the program names" in stop
+    assert stop.endswith(f"resume with batcher resume {run_dir}")
+    assert "2006" in result.output and "batcher resume" in result.output
+
+
+def test_a_failed_share_of_one_never_stops(tmp_path: Path, simulator: Sim) -> None:
+    sim = simulator(clean_profile())
+    rows = unknown_program_rows(tmp_path / "pairs.csv", 300)
+    job = write_job(tmp_path, sim.base_url, extra="[safety]\nstop_if_failed_share = 1.0\n")
+
+    result = CliRunner().invoke(main, ["run", str(job)], env=DEMO_ENV)
+
+    assert result.exit_code == 1, result.output
+    assert read_summary(only_run_dir(tmp_path / "out"))["counts"]["failed"] == rows

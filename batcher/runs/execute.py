@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 import shutil
 import signal
 import threading
@@ -323,6 +324,7 @@ def send(prepared: Prepared, progress: Any = None) -> Sent:
         stats=stats,
         maybe_sent=prepared.maybe_sent,
         org=org,
+        resume_command=f"batcher resume {shlex.quote(str(prepared.folder.path))}",
     )
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:

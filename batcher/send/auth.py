@@ -226,10 +226,10 @@ class OrgGuard:
             return None
         number = _org_number(raw)
         org: int | str = number if number is not None else raw.strip()
-        if self.org_id is None or self.seen_in == "token":
-            till = headers.get(TILL_HEADER)
+        if self.org_id is None:
             self.org_id, self.seen_in = org, "response headers"
-            self.till = till if till is not None else self.till
+        if self.till is None:
+            self.till = headers.get(TILL_HEADER)
         self.settle()
         if self.expected is not None and org != self.expected:
             log.error("run.wrong_org", expected_org_id=self.expected, org_id=org)

@@ -15,6 +15,7 @@ elsewhere.
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -67,8 +68,14 @@ class ShareBreaker(Generic[K]):
         self._kinds: Counter[K] = Counter()
         self._samples: dict[K, str | None] = {}
 
-    def add(self, bad_kind: K | None, sample: str | None = None) -> Trip[K] | None:
-        """One answered pair (`bad_kind` None: a good answer). The Trip, the first time only."""
+    def add(
+        self, bad_kind: K | None, sample: str | Callable[[], str] | None = None
+    ) -> Trip[K] | None:
+        """One answered pair (`bad_kind` None: a good answer). The Trip, the first time only.
+
+        `sample` shows what a bad answer of this kind looks like; only the first of each kind is
+        kept, so it may be a function, called only then.
+        """
         if not self.enabled or self.tripped is not None:
             return None
         self.answered += 1
@@ -76,7 +83,8 @@ class ShareBreaker(Generic[K]):
         if bad_kind is not None:
             self._bad += 1
             self._kinds[bad_kind] += 1
-            self._samples.setdefault(bad_kind, sample)
+            if bad_kind not in self._samples:
+                self._samples[bad_kind] = sample() if callable(sample) else sample
         if len(self._window) > self.window_pairs:
             old = self._window.popleft()
             if old is not None:

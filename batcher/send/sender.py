@@ -23,10 +23,11 @@ from batcher.job import Job
 from batcher.plan import PlannedRequest
 from batcher.present.logs import mask_text
 from batcher.results.journal import Journal
+from batcher.results.outcomes import Outcome, Status
 from batcher.send import answers, contract, placing
 from batcher.send.auth import Authenticator, AuthRefused, OrgGuard, WrongOrg
 from batcher.send.batch_limit import BatchLimit, refused_for_size
-from batcher.send.breaker import ShareBreaker
+from batcher.send.breaker import FailureKind, ShareBreaker, failure_sample, failure_stop_message
 from batcher.send.contract import Entry
 from batcher.send.outage import Gate, Outage
 from batcher.send.pace import Pacer, backoff_s
@@ -70,6 +71,11 @@ def _request_id(headers: Mapping[str, str]) -> str | None:
     return None
 
 
+def _sample_of(outcome: Outcome) -> Callable[[], str]:
+    """A failed pair as the breaker's (masked) example, made only if it is the first of its kind."""
+    return lambda: failure_sample(outcome.code, outcome.customer, outcome.program)
+
+
 class Sender:
     """Delinks every planned pair, recording each answered pair in the journal."""
 
@@ -83,6 +89,7 @@ class Sender:
         maybe_sent: set[tuple[str, str]] | None = None,
         pacer: Pacer | None = None,
         org: OrgGuard | None = None,
+        resume_command: str = "batcher resume RUN_DIR",
     ) -> None:
         self._job = job
         self._identifier = job.input.identifier
@@ -119,6 +126,15 @@ class Sender:
         self._stop_reason: str | None = None
         self._abort: RunStopped | None = None
         self.org = org or OrgGuard(job.api.expect_org_id)
+        # The canary: until an answer names the org, one request of one customer at a time.
+        self._canary = False
+        self._resume_command = resume_command
+        safety = job.safety
+        self._breaker: ShareBreaker[FailureKind] | None = (
+            ShareBreaker(safety.stop_if_failed_share, safety.stop_after_pairs)
+            if safety.breaker_on
+            else None
+        )
         # Answers that cannot be placed: the failure breaker's rule and settings ([safety]).
         self._unplaced_breaker: ShareBreaker[str] = ShareBreaker(
             job.safety.stop_if_failed_share, job.safety.stop_after_pairs
@@ -155,6 +171,9 @@ class Sender:
         self._basic_headers = {**auth.static_headers, "Content-Type": "application/json"}
         self._clock = asyncio.get_running_loop().time
         self._changed = asyncio.Event()
+        # Basic auth names no org before an answer does: the first request goes alone, so a
+        # wrong org costs one customer, not a request of 50 times max_in_flight.
+        self._canary = not self.org.known
         self.stats.started_at = time.monotonic()
         try:
             async with asyncio.TaskGroup() as workers:
@@ -170,6 +189,14 @@ class Sender:
         assert changed is not None
         queue, outage, limit = self._queue, self._outage, self._limit
         while self._stop_reason is None:
+            if self._canary:
+                if self.org.settled:
+                    self._canary = False
+                    log.info("run.canary_answered", org_id=self.org.org_id)
+                elif self._in_flight:
+                    changed.clear()  # the canary is out: everyone else waits for its answer
+                    await changed.wait()
+                    continue
             now = self._clock()
             gate = outage.decide(now)
             wake_at: float | None = None
@@ -179,7 +206,7 @@ class Sender:
             if gate.gate is Gate.WAIT:
                 wake_at = gate.until  # None: until the probe's answer
             elif (sizing := limit.next_size()).customers:
-                batch = queue.take(now, sizing.customers)
+                batch = queue.take(now, 1 if self._canary else sizing.customers)
                 if batch is not None:
                     batch.outage_probe = gate.gate is Gate.PROBE
                     if batch.outage_probe:
@@ -240,6 +267,7 @@ class Sender:
                 status = resp.status
                 request_id = _request_id(resp.headers)
                 retry_after = resp.headers.get("Retry-After")
+                wrong_org = self.org.from_answer(resp.headers, answered=200 <= status < 300)
                 raw = await resp.read()
         except aiohttp.ClientConnectorError as e:
             # Never connected: the request surely was not processed.
@@ -251,6 +279,10 @@ class Sender:
             how = "timed out" if isinstance(e, TimeoutError) else f"connection dropped ({what})"
             self._transport_error(batch, f"no answer: {what}", lost=how)
             return
+        if wrong_org is not None:
+            # Take no more work at once; this answer is still recorded below: it is what the
+            # API did (in the wrong org).
+            self.refuse(wrong_org)
         stats = self.stats
         stats.responses[status] += 1
         if len(stats.latencies_ms) < MAX_LATENCIES:
@@ -313,8 +345,8 @@ class Sender:
             if cust.customer in applied.unconfirmed:
                 named = placing.describe(applied.unplaced[0], self._identifier)
                 sample = mask_text(f"sent {self._identifier} {cust.customer}, answered {named}")
-            for _ in cust.pairs:
-                trip = breaker.add("unplaced" if sample else None, sample) or trip
+            pairs = len(cust.pairs)  # one call per customer: the window counts pairs
+            trip = breaker.add("unplaced" if sample else None, sample, pairs=pairs) or trip
         if trip is None or self._abort is not None:
             return
         hint = (
@@ -337,7 +369,34 @@ class Sender:
         record = self._journal.record
         for o in applied.outcomes:
             record(o)
+        if self._breaker is not None and applied.outcomes:
+            self._judge(applied.outcomes)
         self._schedule(applied.retries)
+
+    def _judge(self, outcomes: list[Outcome]) -> None:
+        """Feed the early stop one answer's pairs (retryable ones were not answered); stop the
+        run when nearly all of the latest answered pairs failed."""
+        breaker = self._breaker
+        assert breaker is not None
+        failed = [o for o in outcomes if o.status is Status.FAILED]
+        fine = sum(o.status is not Status.RETRYABLE for o in outcomes) - len(failed)
+        trip = breaker.add(None, pairs=fine)
+        for o in failed:
+            if trip is not None:
+                break
+            trip = breaker.add((o.code, o.message), _sample_of(o))
+        if trip is None:
+            return
+        log.error(
+            "run.too_many_failures",
+            share=round(trip.share, 3),
+            pairs=trip.window,
+            code=trip.kind[0],
+            message=trip.kind[1],
+        )
+        if self._abort is None:
+            self._abort = RunStopped(failure_stop_message(trip, self._resume_command))
+        self.stop(f"{trip.share:.0%} of {trip.window_text()} failed")
 
     def _schedule(self, customers: list[PendingCustomer]) -> None:
         if not customers:
@@ -511,6 +570,8 @@ class Sender:
         halves = answers.split(batch, action.status, action.code, action.message, request_id)
         if not isinstance(halves, list):
             self._journal.record(halves)
+            if self._breaker is not None:
+                self._judge([halves])
             return
         self.stats.splits += 1
         log.info(
