@@ -237,6 +237,10 @@ def test_basic_canary_of_the_expected_org_then_the_rest(tmp_path: Path, simulato
         "expected_org_id": 200,
         "seen_in": "response headers",
     }
+    # run.started waited for the canary's answer, so it names the org.
+    run_log = (only_run_dir(tmp_path / "out") / "run.log.jsonl").read_text().splitlines()
+    started = [json.loads(line) for line in run_log if '"run.started"' in line]
+    assert [(e["org_id"], e["till"]) for e in started] == [(200, "demo.till")]
 
 
 def test_no_org_header_is_one_warning_and_the_run_carries_on(
