@@ -167,7 +167,8 @@ def test_run_sends_the_full_form_and_keeps_both_in_outcomes(tmp_path: Path) -> N
     assert outcomes["status"].to_list() == ["delinked", "duplicate", "delinked"]
     assert outcomes["api_identifier"].to_list() == ["919800000001", None, "919800000002"]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["requests_sent"] == 1
+    # One send per customer: Basic auth's canary (one customer alone), then the other.
+    assert summary["requests_sent"] == 2
 
 
 # --- the simulator ----------------------------------------------------------------------------
