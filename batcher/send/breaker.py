@@ -142,5 +142,6 @@ def failure_stop_message(trip: Trip[FailureKind], resume: str) -> str:
     return (
         f"{int(100 * trip.share)}% of {trip.window_text()} failed"
         f"{' mostly' if mixed else ''} with {what}{mixed}{sample}: {hint}; "
-        f"the run stopped early, nothing more was sent; resume with {resume}"
+        f"the run stopped early (only requests already in flight were answered); "
+        f"resume with {resume}"
     )
