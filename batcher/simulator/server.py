@@ -2,7 +2,9 @@
 
 Endpoints:
 - `POST /v2/partnerProgram/deLinkCustomer` and `POST /v3/oauth/token/generate`, as the
-  contract describes (see responses.py for the bodies).
+  contract describes (see responses.py for the bodies). Tokens are JWT-shaped (claims
+  `org_id`, `client_id`, `default_till`, `exp`), and every answer to an authenticated delink
+  carries `org_id` and `till` headers (the profile's `org_id`; `org_headers = false` drops them).
 - `GET /__simulator/state` (read-only): the snapshot below. `?pairs=0` leaves out the per-pair
   list; `?linked=1` lists only the touched pairs still linked.
 - `POST /__simulator/still-linked` (read-only, a query with a body):
