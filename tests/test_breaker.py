@@ -78,3 +78,15 @@ def test_the_stop_message_names_code_message_a_masked_sample_and_the_resume() ->
 
 def test_a_customer_sample_is_masked() -> None:
     assert failure_sample(8015, "919800000001", "gold") == "customer 91******0001, program 'gold'"
+
+
+def test_whole_answers_at_once_judge_as_pair_by_pair() -> None:
+    one: ShareBreaker[str] = ShareBreaker(0.9, after_pairs=200, window_pairs=1000)
+    many: ShareBreaker[str] = ShareBreaker(0.9, after_pairs=200, window_pairs=1000)
+    assert feed(one, "." * 1000 + "y" * 900) == [1900]
+    for _ in range(20):
+        assert many.add(None, pairs=50) is None
+    for _ in range(17):
+        assert many.add("y", pairs=50) is None  # 850 of the last 1,000 failed
+    trip = many.add("y", pairs=50)
+    assert trip is not None and (trip.bad, trip.window, trip.answered) == (900, 1000, 1900)

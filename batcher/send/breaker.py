@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from batcher.present.logs import mask_text
 
@@ -52,7 +52,11 @@ class Trip(Generic[K]):
 
 
 class ShareBreaker(Generic[K]):
-    """Trips when `share` or more of the answered pairs in the rolling window are bad."""
+    """Trips when `share` or more of the answered pairs in the rolling window are bad.
+
+    The window is kept as runs of equal answers ([kind, count], None for good), so a caller
+    can add a whole answer's good pairs in one call: cheap enough for every request of a run.
+    """
 
     def __init__(self, share: float, after_pairs: int, window_pairs: int = WINDOW_PAIRS) -> None:
         if not 0 < share <= 1 or after_pairs < 1:
@@ -63,41 +67,57 @@ class ShareBreaker(Generic[K]):
         self.enabled = share < 1.0  # 1.0 turns it off: "every answer failed" is still an answer
         self.answered = 0
         self.tripped: Trip[K] | None = None
-        self._window: deque[K | None] = deque()
+        self._runs: deque[list[Any]] = deque()  # [kind or None, pairs], oldest first
+        self._size = 0
         self._bad = 0
         self._kinds: Counter[K] = Counter()
         self._samples: dict[K, str | None] = {}
 
     def add(
-        self, bad_kind: K | None, sample: str | Callable[[], str] | None = None
+        self,
+        bad_kind: K | None,
+        sample: str | Callable[[], str] | None = None,
+        *,
+        pairs: int = 1,
     ) -> Trip[K] | None:
-        """One answered pair (`bad_kind` None: a good answer). The Trip, the first time only.
+        """`pairs` answered pairs of one kind (`bad_kind` None: good answers). The Trip, the
+        first time only.
 
         `sample` shows what a bad answer of this kind looks like; only the first of each kind is
         kept, so it may be a function, called only then.
         """
-        if not self.enabled or self.tripped is not None:
+        if not self.enabled or self.tripped is not None or pairs <= 0:
             return None
-        self.answered += 1
-        self._window.append(bad_kind)
+        self.answered += pairs
+        runs = self._runs
+        if runs and runs[-1][0] == bad_kind:
+            runs[-1][1] += pairs
+        else:
+            runs.append([bad_kind, pairs])
+        self._size += pairs
         if bad_kind is not None:
-            self._bad += 1
-            self._kinds[bad_kind] += 1
+            self._bad += pairs
+            self._kinds[bad_kind] += pairs
             if bad_kind not in self._samples:
                 self._samples[bad_kind] = sample() if callable(sample) else sample
-        if len(self._window) > self.window_pairs:
-            old = self._window.popleft()
-            if old is not None:
-                self._bad -= 1
-                self._kinds[old] -= 1
-                if not self._kinds[old]:
-                    del self._kinds[old]
-        if self.answered < self.after_pairs or self._bad < self.share * len(self._window):
+        excess = self._size - self.window_pairs
+        while excess > 0:  # the oldest answers leave the window
+            oldest = runs[0]
+            dropped = min(excess, oldest[1])
+            oldest[1] -= dropped
+            excess -= dropped
+            self._size -= dropped
+            if oldest[0] is not None:
+                self._bad -= dropped
+                self._kinds[oldest[0]] -= dropped
+                if not self._kinds[oldest[0]]:
+                    del self._kinds[oldest[0]]
+            if not oldest[1]:
+                runs.popleft()
+        if self.answered < self.after_pairs or self._bad < self.share * self._size:
             return None
         kind, count = self._kinds.most_common(1)[0]
-        self.tripped = Trip(
-            self._bad, len(self._window), self.answered, kind, count, self._samples[kind]
-        )
+        self.tripped = Trip(self._bad, self._size, self.answered, kind, count, self._samples[kind])
         return self.tripped
 
 
