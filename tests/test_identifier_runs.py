@@ -84,7 +84,8 @@ def test_mixed_forms_end_delinked_or_not_linked_with_no_resend(
         assert api_identifier == mobile(i // 3)
     summary = read_summary(run_dir)
     counters = sim.snapshot(pairs=False)["counters"]
-    assert counters["delink_requests"] == summary["requests"] == summary["requests_sent"]
+    # The plan's requests, and Basic auth's canary: the first customer alone (not a resend).
+    assert counters["delink_requests"] == summary["requests"] + 1 == summary["requests_sent"]
     assert summary["unmatched_answers"] == 0
     assert sim.still_linked("mobile", [(mobile(i), p) for i in customers for p in PROGRAMS]) == []
     if country_code:
@@ -131,11 +132,12 @@ def test_run_stops_early_when_most_answers_match_no_customer_sent(
     counters = sim.snapshot(pairs=False)["counters"]
     # 200 planned requests; it stops after 200 answered pairs (20 requests) and what was in flight.
     assert 20 <= counters["delink_requests"] == summary["requests_sent"] <= 24
-    assert summary["unmatched_answers"] == counters["customers"]
-    assert summary["counts"]["retryable"] == 2000
+    # Basic auth's canary carried one customer and got one back: placed one-for-one.
+    assert summary["unmatched_answers"] == counters["customers"] - 1
+    assert summary["counts"]["retryable"] == 1999 and summary["counts"]["delinked"] == 1
     outcomes = pl.read_parquet(run_dir / "outcomes.parquet")
     sent = outcomes.filter(pl.col("code").is_null() & pl.col("note").is_not_null())
-    assert sent.height == counters["customers"]
+    assert sent.height == counters["customers"] - 1
     assert sent["note"][0].startswith("the answer named no mobile (id 1000")
     # Nothing was sent twice: a mismatch is never resent.
     assert max(p["attempts"] for p in sim.snapshot()["pairs"]) == 1
