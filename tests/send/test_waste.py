@@ -73,7 +73,8 @@ def test_an_outage_costs_one_probe_at_a_time_then_stops_resumable_and_resume_fin
     resumed = cli("resume", str(run_dir))
 
     assert resumed.exit_code == 0, resumed.output
-    assert delink_requests(sim) - before == 30  # full requests, nothing sent twice
+    # Basic auth's canary (one customer alone), then full requests: nothing sent twice.
+    assert delink_requests(sim) - before == 31
     outcomes = pl.read_parquet(run_dir / "outcomes.parquet")
     assert outcomes.height == 1500
     assert outcomes.get_column("status").unique().to_list() == ["delinked"]
