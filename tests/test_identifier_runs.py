@@ -58,7 +58,9 @@ def _truth(sim: SimulatorThread) -> dict[tuple[str, str], dict[str, Any]]:
 def test_mixed_forms_end_delinked_or_not_linked_with_no_resend(
     tmp_path: Path, simulator: Sim, country_code: str | None
 ) -> None:
-    sim = simulator(clean_profile(default_country_code="91", state={"link_probability": 0.6}))
+    sim = simulator(
+        clean_profile(default_country_code="91", state={"customers": 2000, "link_probability": 0.6})
+    )
     customers = range(150)
     rows = [(_forms(i), p) for i in customers for p in PROGRAMS]
     if country_code:  # the same customers again in another form: duplicates, never sent
@@ -101,7 +103,9 @@ def test_mixed_forms_end_delinked_or_not_linked_with_no_resend(
 def test_one_customer_requests_place_answers_that_name_only_the_id(
     tmp_path: Path, simulator: Sim
 ) -> None:
-    sim = simulator(clean_profile(answer_identifiers="id", state={"link_probability": 0.5}))
+    sim = simulator(
+        clean_profile(answer_identifiers="id", state={"customers": 2000, "link_probability": 0.5})
+    )
     rows = [(mobile(i), p) for i in range(20) for p in PROGRAMS[:2]]
     result = _run(tmp_path, sim, rows, api={"customers_per_request": 1})
 
