@@ -87,7 +87,9 @@ def test_mixed_forms_end_delinked_or_not_linked_with_no_resend(
     summary = read_summary(run_dir)
     counters = sim.snapshot(pairs=False)["counters"]
     # The plan's requests, and Basic auth's canary: the first customer alone (not a resend).
-    assert counters["delink_requests"] == summary["requests"] + 1 == summary["requests_sent"]
+    assert (
+        counters["delink_requests"] == summary["requests_planned"] + 1 == summary["requests_sent"]
+    )
     assert summary["unmatched_answers"] == 0
     assert sim.still_linked("mobile", [(mobile(i), p) for i in customers for p in PROGRAMS]) == []
     if country_code:
