@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import batcher
 from batcher.job import load_job
 from batcher.present import metrics
+from batcher.results.journal import Journal
+from batcher.send.stats import RunStats
 from tests.conftest import DEMO_ENV, Sim, clean_profile, write_job, write_pairs
 from tests.loopback import Receiver
 
@@ -143,3 +146,20 @@ def test_an_unreachable_pushgateway_is_logged_and_changes_nothing(
 
     assert result.exit_code == 0
     assert '"metrics.push_failed"' in (result.run_dir / "run.log.jsonl").read_text()
+
+
+async def test_while_a_run_sends_the_textfile_is_written_at_its_cadence(tmp_path: Path) -> None:
+    job = load_job(write_job(tmp_path, "simulator", extra='[metrics]\ntextfile = "live.prom"\n'))
+    journal = Journal(tmp_path / "journal.jsonl")
+    stats = RunStats(pairs_total=10, requests=4)
+    journal.counts["delinked"] = 7
+    try:
+        async with metrics.MetricsWatch(job, every_s=3600).live(journal, stats):
+            await asyncio.sleep(0)  # the watcher writes once at the start, then every every_s
+            parsed = samples((tmp_path / "live.prom").read_text())
+    finally:
+        journal.close()
+
+    assert value(parsed, "batcher_run_in_progress") == 1
+    assert value(parsed, "batcher_rows", status="delinked") == 7
+    assert value(parsed, "batcher_requests_sent") == 4
