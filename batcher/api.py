@@ -25,9 +25,7 @@ from batcher.errors import BatcherError
 from batcher.job import Job, load_job
 from batcher.present import logs
 from batcher.present.logs import LogFormat
-from batcher.results.summary import ValidateSummary
-from batcher.runs import lineage
-from batcher.runs.execute import RunResult, execute
+from batcher.results.summary import RunResult, ValidateSummary
 from batcher.runs.preflight import Confirm
 from batcher.runs.rundir import RunDir
 
@@ -150,6 +148,9 @@ def run_job(
     `confirm`: asked with the plan before anything is sent; False stops (exit 2).
     `progress`: a display (`batcher.present.progress.Progress`); by default none.
     """
+    from batcher.runs import lineage
+    from batcher.runs.execute import execute
+
     _logging(log_format, log_level)
     loaded = _load(job, input=input, base_url=base_url, output=output, max_pairs=max_pairs)
     if resume:
@@ -185,6 +186,8 @@ def resume_run(
     log_level: str = "info",
 ) -> RunResult:
     """`batcher resume`: carry on an interrupted run; confirmed pairs are not sent again."""
+    from batcher.runs import lineage
+
     _logging(log_format, log_level)
     folder = Path(run_dir).resolve()
     job = lineage.job_of_run(folder, lineage.read_manifest(folder))
@@ -209,6 +212,8 @@ def retry_run(
 ) -> RunResult | None:
     """`batcher retry`: a new (child) run over RUN_DIR's retryable rows (`include_failed`: and
     its failed ones). None when there is nothing to retry."""
+    from batcher.runs import lineage
+
     _logging(log_format, log_level)
     folder = Path(run_dir).resolve()
     job = lineage.job_of_run(folder, lineage.read_manifest(folder))

@@ -20,7 +20,7 @@ import click
 from batcher.errors import BatcherError
 
 if TYPE_CHECKING:
-    from batcher.runs.execute import RunResult
+    from batcher.results.summary import RunResult
     from batcher.runs.preflight import PlanPreview
 
 P = ParamSpec("P")

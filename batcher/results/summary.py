@@ -12,6 +12,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -109,6 +110,29 @@ class RunSummary(PlanSummary):
 
     def to_json(self) -> dict[str, Any]:
         return to_json(self)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """How a run ended: its folder, exit code and summary (as written to summary.json)."""
+
+    run_dir: Path
+    exit_code: int
+    summary: RunSummary
+
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Rows per status, as in summary.json."""
+        return self.summary.counts
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the run stopped early (exit 3); None when it finished."""
+        return self.summary.stopped
 
 
 def to_json(record: Any) -> dict[str, Any]:

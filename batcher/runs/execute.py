@@ -27,7 +27,7 @@ from batcher.present.report import write_report
 from batcher.results.assemble import assemble_run
 from batcher.results.journal import Journal, read_journal, unconfirmed_intents
 from batcher.results.outcomes import CONFIRMED, exit_code_for, utc_now
-from batcher.results.summary import RunSummary
+from batcher.results.summary import RunResult, RunSummary
 from batcher.runs.lock import RunLock, api_key_lock, holding, job_lock
 from batcher.runs.preflight import Confirm, preflight
 from batcher.runs.rundir import Manifest, ManifestInput, PlanParameters, RunDir, new_run_id
@@ -44,29 +44,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("batcher.runs.execute")
 
 EXIT_STOPPED = 3
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    """How a run ended: its folder, exit code and summary (as written to summary.json)."""
-
-    run_dir: Path
-    exit_code: int
-    summary: RunSummary
-
-    @property
-    def run_id(self) -> str:
-        return self.run_dir.name
-
-    @property
-    def counts(self) -> dict[str, int]:
-        """Rows per status, as in summary.json."""
-        return self.summary.counts
-
-    @property
-    def stop_reason(self) -> str | None:
-        """Why the run stopped early (exit 3); None when it finished."""
-        return self.summary.stopped
 
 
 def resolve_credentials(job: Job, profile: Profile | None) -> Credentials:

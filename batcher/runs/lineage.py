@@ -24,7 +24,8 @@ from batcher.input.tables import write_table
 from batcher.job import Job, load_job
 from batcher.results.journal import INTENTS_NAME, folded_path, unconfirmed_sends
 from batcher.results.outcomes import ANSWER_COLUMNS, STATUSES, Status
-from batcher.runs.execute import RunResult, execute
+from batcher.results.summary import RunResult
+from batcher.runs.execute import execute
 from batcher.runs.rundir import Manifest, RunDir, job_output_dir
 
 log = structlog.get_logger("batcher.runs.lineage")
