@@ -44,9 +44,12 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def value(
-    parsed: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+    parsed: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+    name: str,
+    org: str = "",
+    **labels: str,
 ) -> float:
-    wanted = {"job": "e2e", "org": "", **labels}
+    wanted = {"job": "e2e", "org": org, **labels}
     return parsed[(name, tuple(sorted(wanted.items())))]
 
 
@@ -60,15 +63,17 @@ def test_the_textfile_holds_the_run_and_survives_a_failed_one(
 
     result = batcher.run_job(job)
 
+    assert result.summary.org is not None
+    org = str(result.summary.org["org_id"])  # the org the API named (the simulator's)
     parsed = samples(prom.read_text())
-    assert value(parsed, "batcher_rows", status="delinked") == 16
-    assert value(parsed, "batcher_rows", status="failed") == 4
-    assert value(parsed, "batcher_rows", status="rejected") == 0
-    assert value(parsed, "batcher_requests_sent") == result.summary.requests_sent
-    assert value(parsed, "batcher_quota_requests_per_second") == 1000
-    assert value(parsed, "batcher_last_exit_code") == 1
-    assert value(parsed, "batcher_run_in_progress") == 0
-    success = value(parsed, "batcher_last_success_timestamp_seconds")
+    assert value(parsed, "batcher_rows", org=org, status="delinked") == 16
+    assert value(parsed, "batcher_rows", org=org, status="failed") == 4
+    assert value(parsed, "batcher_rows", org=org, status="rejected") == 0
+    assert value(parsed, "batcher_requests_sent", org=org) == result.summary.requests_sent
+    assert value(parsed, "batcher_quota_requests_per_second", org=org) == 1000
+    assert value(parsed, "batcher_last_exit_code", org=org) == 1
+    assert value(parsed, "batcher_run_in_progress", org=org) == 0
+    success = value(parsed, "batcher_last_success_timestamp_seconds", org=org)
     assert success > 1.7e9
     assert os.stat(prom).st_mode & 0o777 == 0o644  # node_exporter reads it as another user
     assert [p.name for p in prom.parent.iterdir()] == ["batcher.prom"]  # no temporary left
@@ -129,10 +134,12 @@ def test_the_pushgateway_gets_the_same_metrics(
     assert result.exit_code == 0
     (push,) = receiver.requests
     assert push.method == "POST" and push.path == "/metrics/job/e2e"
+    assert result.summary.org is not None
+    org = str(result.summary.org["org_id"])
     parsed = samples(push.body.decode())
-    assert value(parsed, "batcher_rows", status="delinked") == 10
-    assert value(parsed, "batcher_last_exit_code") == 0
-    assert value(parsed, "batcher_last_success_timestamp_seconds") > 1.7e9
+    assert value(parsed, "batcher_rows", org=org, status="delinked") == 10
+    assert value(parsed, "batcher_last_exit_code", org=org) == 0
+    assert value(parsed, "batcher_last_success_timestamp_seconds", org=org) > 1.7e9
 
 
 def test_an_unreachable_pushgateway_is_logged_and_changes_nothing(

@@ -59,6 +59,7 @@ def test_a_run_sends_exactly_one_message_with_its_counts(
     assert got["job"] == "e2e" and got["run"] == result.run_id and got["event"] == "finished"
     assert got["exit code"] == "1" and got["folder"] == str(result.run_dir)
     assert int(got["delinked"]) == 16 and int(got["failed"]) == 4
+    assert result.summary.org is not None and got["org"] == str(result.summary.org["org_id"])
     assert "elapsed seconds" in got
     # The secret reached the webhook and nothing else: job copy, manifest, summary, log.
     assert "${HOOK_TOKEN}" in (result.run_dir / "job.toml").read_text()
