@@ -53,6 +53,7 @@ class Batch:
     auth_retried: bool = False
     outage_probe: bool = False  # sent alone to see whether the API is back (send.outage)
     size_probe: bool = False  # sent at a size the batch-limit search is trying (send.batch_limit)
+    canary: bool = False  # the run's first customer, sent alone to learn the org (send.auth)
 
     def pairs(self) -> Iterator[PendingPair]:
         for c in self.customers:

@@ -208,6 +208,7 @@ class Sender:
             elif (sizing := limit.next_size()).customers:
                 batch = queue.take(now, 1 if self._canary else sizing.customers)
                 if batch is not None:
+                    batch.canary = self._canary
                     batch.outage_probe = gate.gate is Gate.PROBE
                     if batch.outage_probe:
                         outage.probe_sent()
@@ -460,8 +461,9 @@ class Sender:
                 failing_s=round(outage.failing_for_s(now), 1),
                 next_probe_in_s=round(outage.next_probe_at - now, 2),
             )
-        if outage.active:
-            # Not an attempt: the outage, not this request, is the problem (see retry_all).
+        if outage.active or batch.canary:
+            # Not an attempt: the outage, not this request, is the problem (see retry_all). So
+            # is a failed canary's: alone, it cannot join the streak that declares an outage.
             for p in batch.pairs():
                 p.attempts -= 1
 
