@@ -156,20 +156,21 @@ def assemblies(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str
 
     def spy(
         journal_path: Path,
-        rows: pl.DataFrame,
+        rows: pl.DataFrame | Path,
         columns: list[str],
         fmt: Any,
         unsent: str | None = None,
         **paths: Any,
     ) -> Assembly:
         run_dir = journal_path.parent
+        frame = pl.read_parquet(rows) if isinstance(rows, Path) else rows  # parked by the run
         aside = tmp_path / f"aside-{len(seen)}"
         aside.mkdir()
         for name in (JOURNAL_NAME, INTENTS_NAME, FOLDED_NAME):
             if (run_dir / name).is_file():
                 shutil.copy(run_dir / name, aside / name)
         journal = reference_journal(aside)
-        expected = reference_files(rows, journal, columns, fmt, unsent, aside)
+        expected = reference_files(frame, journal, columns, fmt, unsent, aside)
         confirmed = journal.filter(pl.col("s").is_in(CONFIRMED))
         expected["journal"] = journal
         expected["open_intents"] = reference_intents(aside) - set(
@@ -214,7 +215,7 @@ def check(assembly: dict[str, Any]) -> None:
     assert sorted(codes, key=repr) == expected["codes"]
     # Folded: the same last word per pair, the same open intents, and no live log left.
     assert FOLDED_NAME in assembly["left"]
-    assert not {JOURNAL_NAME, INTENTS_NAME, ".assembly"} & set(assembly["left"])
+    assert not {JOURNAL_NAME, INTENTS_NAME, ".assembly", ".rows.parquet"} & set(assembly["left"])
     by_pair = ["cu", "pr"]
     assert_frame_equal(assembly["journal"].sort(by_pair), expected["journal"].sort(by_pair))
     assert assembly["open_intents"] == expected["open_intents"]

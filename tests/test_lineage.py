@@ -401,4 +401,4 @@ def test_a_kill_during_assembly_or_folding_then_resume_resends_nothing_and_folds
         assert status == ("delinked" if served[(m, program)] else "not_linked")
     left = {p.name for p in run_dir.iterdir()}
     assert "journal.parquet" in left
-    assert not {JOURNAL_NAME, "intents.jsonl", ".assembly"} & left
+    assert not {JOURNAL_NAME, "intents.jsonl", ".assembly", ".rows.parquet"} & left

@@ -115,6 +115,10 @@ _PLAIN_PROGRAM_RE = (
 _CONTROL_CHARS_RE = r"[\x00-\x1f\x7f]"
 
 
+# Rows per row group of a parked Source: a range of rows is read back without the rest.
+PARKED_ROW_GROUP = 65_536
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """Every input row, validated, in input order.
@@ -160,6 +164,16 @@ class Source:
     def reason_counts(self) -> dict[str, int]:
         got = dict(self.rows.get_column("reason").drop_nulls().value_counts().iter_rows())
         return {r: int(got[r]) for r in REASONS if r in got}
+
+    def park(self, path: Path) -> None:
+        """Write the rows to `path` (Parquet) and keep only `status` and `reason` in memory.
+
+        For a run, whose rows wait while their pairs are sent: the counts still work, and the
+        end of the run reads the rows back from `path` a range at a time. Every holder of this
+        Source sees the slim rows (the frame is swapped in place), so the full ones are freed.
+        """
+        self.rows.write_parquet(path, compression="lz4", row_group_size=PARKED_ROW_GROUP)
+        object.__setattr__(self, "rows", self.rows.select("status", "reason"))
 
     def pairs(self) -> pl.DataFrame:
         """The valid rows as the planner wants them: _key, _customer, _program."""

@@ -177,7 +177,7 @@ def failure_columns(
 
 def assemble_run(
     journal_path: Path,
-    rows: pl.DataFrame,
+    rows: pl.DataFrame | Path,
     columns: list[str],
     fmt: TableFormat,
     unsent: str | None = None,
@@ -189,19 +189,22 @@ def assemble_run(
     original_names: dict[str, str] | None = None,
     dialect: CsvDialect | None = None,
 ) -> Assembly:
-    """Write the outcomes and failures files from `rows` (Source.rows) and the journal at
-    `journal_path`, then fold the journal; memory is bounded by `range_rows`, not the job."""
+    """Write the outcomes and failures files from `rows` (Source.rows, or the Parquet file a
+    parked Source wrote) and the journal at `journal_path`, then fold the journal; memory is
+    bounded by `range_rows`, not by the job's size. A parked rows file is removed at the end."""
     work = journal_path.with_name(WORK_DIR)
+    table = _Rows(rows)
     shutil.rmtree(work, ignore_errors=True)  # a killed assembly's leftovers
     work.mkdir(mode=0o700)
     try:
         parts = _Parts(work, original_names=original_names)
         try:
-            _assemble_by_range(rows, journal_path, work, columns, unsent, parts, range_rows)
+            _assemble_by_range(table, journal_path, work, columns, unsent, parts, range_rows)
         except _KeysDisagree:
             parts = _Parts(work, "whole", original_names=original_names)
             journal = read_journal(journal_path)
-            parts.add(rows, journal, assemble_outcomes(rows, journal, columns, unsent), columns)
+            whole = table.whole()
+            parts.add(whole, journal, assemble_outcomes(whole, journal, columns, unsent), columns)
         sink_table(pl.scan_parquet(parts.outcomes), outcomes_path, "parquet")
         sink_table(
             pl.scan_parquet(parts.failures), failures_path, fmt, sheet=sheet, dialect=dialect
@@ -211,9 +214,31 @@ def assemble_run(
             pl.concat(parts.codes).group_by("status", "code", "message").agg(pl.col("len").sum())
         )
         counts = {s: parts.counts.get(s, 0) for s in STATUSES}
+        if isinstance(rows, Path):
+            rows.unlink()
         return Assembly(counts, _top_codes(codes, 20), outcomes_path, failures_path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+class _Rows:
+    """The validated rows, in memory or parked in a Parquet file, read a range at a time."""
+
+    def __init__(self, rows: pl.DataFrame | Path) -> None:
+        self._rows = rows
+        if isinstance(rows, pl.DataFrame):
+            self.height = rows.height
+        else:
+            self.height = int(pl.scan_parquet(rows).select(pl.len()).collect().item())
+
+    def slice(self, start: int, length: int) -> pl.DataFrame:
+        if isinstance(self._rows, pl.DataFrame):
+            return self._rows.slice(start, length)
+        return pl.scan_parquet(self._rows).slice(start, length).collect()
+
+    def whole(self) -> pl.DataFrame:
+        rows = self._rows
+        return rows if isinstance(rows, pl.DataFrame) else pl.read_parquet(rows)
 
 
 class _Parts:
@@ -295,7 +320,7 @@ def _journal_blocks(journal_path: Path) -> Iterator[pl.DataFrame]:
 
 
 def _assemble_by_range(
-    rows: pl.DataFrame,
+    rows: _Rows,
     journal_path: Path,
     work: Path,
     columns: list[str],

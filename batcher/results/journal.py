@@ -281,14 +281,33 @@ def _pairs_set(frame: pl.DataFrame) -> set[tuple[str, str]]:
     return set(zip(frame["cu"].to_list(), frame["pr"].to_list(), strict=True))
 
 
+def confirmed_pairs(journal_path: Path) -> pl.DataFrame:
+    """The pairs (cu, pr) whose last word is a confirmed answer: a resume does not send them.
+
+    Read a block at a time, keeping three columns: a resume of a big run needs a fraction of
+    what `read_journal` would hold.
+    """
+    kept = [pl.col("cu"), pl.col("pr"), pl.col("s").is_in(CONFIRMED).alias("ok")]
+    folded = folded_path(journal_path)
+    parts = []
+    if folded.is_file():
+        parts.append(
+            pl.scan_parquet(folded).filter(pl.col("s").is_not_null()).select(kept).collect()
+        )
+    parts += [block.select(kept) for block in journal_chunks(journal_path)]
+    if not parts:
+        return pl.DataFrame(schema={"cu": pl.String, "pr": pl.String})
+    last = pl.concat(parts).unique(subset=PAIR, keep="last", maintain_order=True)
+    return last.filter(pl.col("ok")).select(PAIR)
+
+
 def unconfirmed_intents(
-    journal_path: Path, journal: pl.DataFrame | None = None
+    journal_path: Path, confirmed: pl.DataFrame | None = None
 ) -> set[tuple[str, str]]:
     """Pairs that were about to be sent and have no confirmed answer: a resume marks them as
     maybe processed. Computed in polars; only the (usually few) survivors become Python."""
-    journal = read_journal(journal_path) if journal is None else journal
-    confirmed = journal.filter(pl.col("s").is_in(CONFIRMED)).select(PAIR)
-    left = intent_pairs(journal_path).join(confirmed, on=PAIR, how="anti")
+    confirmed = confirmed_pairs(journal_path) if confirmed is None else confirmed
+    left = intent_pairs(journal_path).join(confirmed.select(PAIR), on=PAIR, how="anti")
     return _pairs_set(left)
 
 

@@ -21,18 +21,18 @@ from batcher.errors import RunStopped
 from batcher.input.files import input_location
 from batcher.input.source import Source, load_source
 from batcher.job import Job, Quota
-from batcher.plan import Plan, build_plan
+from batcher.plan import Plan, PlanFigures, build_plan
 from batcher.present import logs
 from batcher.present.report import write_report
 from batcher.results.assemble import assemble_run
-from batcher.results.journal import Journal, read_journal, unconfirmed_intents
-from batcher.results.outcomes import CONFIRMED, exit_code_for, utc_now
-from batcher.results.summary import RunResult, RunSummary
+from batcher.results.journal import Journal, confirmed_pairs, unconfirmed_intents
+from batcher.results.outcomes import exit_code_for, utc_now
+from batcher.results.summary import PlanSummary, RunResult, RunSummary
 from batcher.runs.lock import RunLock, api_key_lock, holding, job_lock
 from batcher.runs.preflight import Confirm, preflight
 from batcher.runs.rundir import Manifest, ManifestInput, PlanParameters, RunDir, new_run_id
 from batcher.runs.upload import check_output, upload_results_or_log
-from batcher.runs.validate import input_file_facts, plan_summary, write_rejects
+from batcher.runs.validate import input_file_facts, plan_summary, with_plan, write_rejects
 from batcher.send.auth import Authenticator, Credentials, OrgGuard, credentials_from_env
 from batcher.send.sender import Sender, SendResult
 from batcher.send.session import make_session
@@ -146,6 +146,7 @@ class Prepared:
     rejects_path: Path | None
     started_at: str
     started_monotonic: float
+    validated: PlanSummary  # what validation found, counted before the rows were parked
 
     def started_fields(self) -> dict[str, Any]:
         """The `run.started` event's figures (it is logged once the org is known)."""
@@ -252,16 +253,16 @@ def prepare(
     confirmed = None
     maybe_sent = set(inherited_maybe_sent)
     if resuming:
-        done = read_journal(folder.journal_path)
-        confirmed = done.filter(pl.col("s").is_in(CONFIRMED))
-        maybe_sent |= unconfirmed_intents(folder.journal_path, done)
+        confirmed = confirmed_pairs(folder.journal_path)
+        maybe_sent |= unconfirmed_intents(folder.journal_path, confirmed)
         log.info("run.resumed", confirmed_pairs=confirmed.height, maybe_sent_pairs=len(maybe_sent))
     rejects_path = write_rejects(source, folder)
-    plan = build_plan(
-        _plan_input(source, confirmed),
-        job.api.customers_per_request,
-        job.api.programs_per_customer,
-    )
+    pairs = _plan_input(source, confirmed)
+    counted = plan_summary(job, folder.run_id, source, PlanFigures(0, 0, 0))
+    # The rows wait on disk while their pairs are sent: memory holds the plan, not the input.
+    source.park(folder.parked_rows_path)
+    plan = build_plan(pairs, job.api.customers_per_request, job.api.programs_per_customer)
+    del pairs
     return Prepared(
         job=job,
         profile=profile,
@@ -275,6 +276,7 @@ def prepare(
         rejects_path=rejects_path,
         started_at=started_at,
         started_monotonic=t0,
+        validated=with_plan(counted, job, plan.figures),
     )
 
 
@@ -331,7 +333,7 @@ def finish(prepared: Prepared, sent: Sent) -> RunResult:
     # Streamed a range of rows at a time; the journal is folded small once they are written.
     assembly = assemble_run(
         folder.journal_path,
-        source.rows,
+        folder.parked_rows_path,
         source.columns,
         source.format,
         unsent,
@@ -348,7 +350,7 @@ def finish(prepared: Prepared, sent: Sent) -> RunResult:
         exit_code = EXIT_STOPPED if stop_reason else exit_code_for(counts)
     elapsed_s = time.monotonic() - prepared.started_monotonic
     send_s = stats.elapsed_s() if stats.requests else 0.0
-    validated = plan_summary(job, folder.run_id, source, prepared.plan.figures)
+    validated = prepared.validated
     head = validated.plan_fields()
     head["counts"] = counts  # validate's counts (valid, rejected, duplicate) go under `validation`
     summary = RunSummary(

@@ -29,6 +29,7 @@ REPORT_NAME = "report.html"
 ORIGIN_NAME = "origin.parquet"
 PLAN_PREVIEW_NAME = "plan-preview.json"
 FAILURES_STEM = "failures"
+PARKED_ROWS_NAME = ".rows.parquet"
 REJECTS_STEM = "rejects"
 RETRY_INPUT_STEM = "input"
 
@@ -137,6 +138,11 @@ class RunDir:
     @property
     def plan_preview_path(self) -> Path:
         return self.path / PLAN_PREVIEW_NAME
+
+    @property
+    def parked_rows_path(self) -> Path:
+        """The validated rows while their pairs are sent (removed once the results are written)."""
+        return self.path / PARKED_ROWS_NAME
 
     def failures_path(self, fmt: str) -> Path:
         return self.path / f"{FAILURES_STEM}.{fmt}"

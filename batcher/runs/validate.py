@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,7 +107,7 @@ def input_file_facts(source: Source) -> list[dict[str, Any]]:
 
 def plan_summary(job: Job, run_id: str, source: Source, plan: PlanFigures) -> PlanSummary:
     """The validate part of summary.json (a run's summary starts from it)."""
-    return PlanSummary(
+    counted = PlanSummary(
         job=job.name,
         run_id=run_id,
         settings=job.settings_for_display(),
@@ -121,10 +122,18 @@ def plan_summary(job: Job, run_id: str, source: Source, plan: PlanFigures) -> Pl
         ),
         counts=source.counts(),
         reasons=source.reason_counts(),
+        warnings=input_warnings(job, source),
+    )
+    return with_plan(counted, job, plan)
+
+
+def with_plan(summary: PlanSummary, job: Job, plan: PlanFigures) -> PlanSummary:
+    """`summary` with the plan's figures (a run counts its rows before it plans their pairs)."""
+    return dataclasses.replace(
+        summary,
         pairs=plan.pairs,
         customers=plan.customers,
         requests_planned=plan.requests,
-        warnings=input_warnings(job, source),
         expected_send_seconds=round(job.api.quota.seconds_for(plan.requests), 1),
     )
 
