@@ -15,8 +15,8 @@
 With --scale, instead: for each job size (5 programs per customer, 50 customers per request),
 `batcher run` end to end (peak RSS, the run folder's bytes per input pair after the run, pairs/s
 from start to exit) and, right after it, a bare aiohttp loop (uvloop) posting the same bodies
-(50 customers of 5 programs; at most 1M pairs of them) to the same simulator, for the ratio. The load average is printed
-beside each figure: the machine is shared.
+(50 customers of 5 programs; at most 1M pairs of them) to the same simulator, for the ratio.
+The load average is printed beside each figure: the machine is shared.
 
 Machines here are shared and noisy: read the ratio, not the absolute figures.
 """
