@@ -1,10 +1,15 @@
 """How many 1-customer delinks per second the simulator answers on one core (target: 4,000).
 
     uv run python benchmarks/simulator_load.py [--seconds 3] [--concurrency 32]
+    uv run python benchmarks/simulator_load.py --cli [--log-every-request] [--seconds 5]
 
 The server runs in a subprocess pinned to one core (where the OS allows), with faults, latency
 and the quota off; the load comes from this process (pinned to another core) over 32 keep-alive
 connections speaking raw HTTP/1.1, so the client is not what is measured.
+
+With --cli, as an operator runs it instead: `batcher simulate --profile jobs/simulator/clean.toml`
+(its log on, sampled unless --log-every-request), driven by a plain aiohttp client (standard
+asyncio loop, 8 connections) posting 1-customer bodies, neither pinned: the same 2 cores.
 """
 
 from __future__ import annotations
@@ -94,11 +99,94 @@ async def _load(base_url: str, seconds: float, concurrency: int) -> tuple[int, i
     return counts[0], counts[1], time.monotonic() - started
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cli_load(seconds: float, concurrency: int, every_request: bool) -> None:
+    """`batcher simulate` in its own process, a plain aiohttp client in this one."""
+    import subprocess
+    import sys
+    import threading
+
+    import aiohttp
+
+    command = [sys.executable, "-m", "batcher.cli", "simulate", "--port", "0"]
+    command += ["--profile", "jobs/simulator/clean.toml"]
+    command += ["--log-every-request"] if every_request else []
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    server = subprocess.Popen(
+        command, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert server.stdout is not None
+        base_url = server.stdout.readline().split(" on ", 1)[1].split(" ", 1)[0]
+        # Read its log as a terminal would, so that the pipe never fills.
+        threading.Thread(target=server.stdout.read, daemon=True).start()
+        md5 = hashlib.md5(b"demo-password").hexdigest()
+        headers = {
+            "Authorization": "Basic " + base64.b64encode(f"demo.till:{md5}".encode()).decode(),
+            "Content-Type": "application/json",
+        }
+
+        async def post_until(deadline: float) -> int:
+            done = 0
+            connector = aiohttp.TCPConnector(limit=concurrency)
+            async with aiohttp.ClientSession(connector=connector) as session:
+
+                async def worker(k: int) -> None:
+                    nonlocal done
+                    i = k
+                    while time.monotonic() < deadline:
+                        customer = {"mobile": f"9198{i % 2000:08d}"}
+                        programs = [{"partnerProgramName": "partner-01"}]
+                        body = json.dumps(
+                            {
+                                "deLinkCustomers": [
+                                    {"customer": customer, "deLinkFromPartnerPrograms": programs}
+                                ]
+                            }
+                        ).encode()
+                        url = base_url + DELINK
+                        async with session.post(url, data=body, headers=headers) as r:
+                            await r.read()
+                        done += 1
+                        i += concurrency
+
+                await asyncio.gather(*(worker(k) for k in range(concurrency)))
+            return done
+
+        started, cpu_before = time.monotonic(), _cpu_s(server.pid)
+        done = asyncio.run(post_until(started + seconds))
+        elapsed, cpu_s = time.monotonic() - started, _cpu_s(server.pid) - cpu_before
+        load = "/".join(f"{x:.1f}" for x in os.getloadavg()[:2])
+        kind = "every request logged" if every_request else "sampled log"
+        # On a shared machine the wall-clock rate says more about the neighbours than about the
+        # server; its CPU time per request does not: 1 / that is its rate on a core of its own.
+        print(
+            f"batcher simulate ({kind}): {done / elapsed:,.0f} requests/s to a plain aiohttp "
+            f"client ({done} in {elapsed:.1f} s, concurrency {concurrency}; load {load}); "
+            f"server CPU {1000 * cpu_s / max(done, 1):.3f} ms a request = "
+            f"{done / max(cpu_s, 1e-9):,.0f} requests per CPU-second"
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--cli", action="store_true", help="`batcher simulate`, aiohttp client")
+    parser.add_argument("--log-every-request", action="store_true", help="with --cli")
     args = parser.parse_args()
+    if args.cli:
+        _cli_load(args.seconds, min(args.concurrency, 8), args.log_every_request)
+        return
     ctx = multiprocessing.get_context("spawn")
     port_out, stop = ctx.Queue(), ctx.Event()
     server = ctx.Process(target=_serve, args=(port_out, stop))
