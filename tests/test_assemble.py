@@ -117,12 +117,26 @@ def reference_files(
     fmt: Any,
     unsent: str | None,
     out: Path,
+    *,
+    original_names: dict[str, str] | None = None,
+    dialect: Any = None,
+    sheet: str | None = None,
+    **_: Any,
 ) -> dict[str, Any]:
     outcomes = reference_assemble_outcomes(rows, journal, columns, unsent)
     outcomes.write_parquet(out / "outcomes.parquet")
     failures = outcomes.filter(pl.col("status").is_in(["failed", "retryable"]))
+    # The input's columns under their own names, then batcher's verdict (a hand-off file).
+    names = original_names or {}
     write_table(
-        failures.select(*columns, "status", "code", "message"), out / f"failures.{fmt}", fmt
+        failures.select(
+            *(pl.col(c).alias(names.get(c, c)) for c in columns),
+            *(pl.col(c).alias(f"batcher_{c}") for c in ("status", "code", "message")),
+        ),
+        out / f"failures.{fmt}",
+        fmt,
+        sheet=sheet,
+        dialect=dialect,
     )
     counts = {s: 0 for s in STATUSES}
     for status, n in outcomes.group_by("status").len().iter_rows():
@@ -170,7 +184,7 @@ def assemblies(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str
             if (run_dir / name).is_file():
                 shutil.copy(run_dir / name, aside / name)
         journal = reference_journal(aside)
-        expected = reference_files(frame, journal, columns, fmt, unsent, aside)
+        expected = reference_files(frame, journal, columns, fmt, unsent, aside, **paths)
         confirmed = journal.filter(pl.col("s").is_in(CONFIRMED))
         expected["journal"] = journal
         expected["open_intents"] = reference_intents(aside) - set(
