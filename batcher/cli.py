@@ -20,6 +20,7 @@ import click
 from batcher.errors import BatcherError
 
 if TYPE_CHECKING:
+    from batcher.job import Quota
     from batcher.results.summary import RunResult
     from batcher.runs.preflight import PlanPreview
 
@@ -121,7 +122,7 @@ def _run_options(fn: Callable[P, R]) -> Callable[P, R]:
 def _send(
     start: Callable[..., RunResult | None],
     *,
-    quota_per_s: float,
+    quota: Quota,
     quiet: bool,
     progress_every_s: float,
     log_format: str,
@@ -132,7 +133,12 @@ def _send(
     from batcher.present.console import print_run_summary
     from batcher.present.progress import Progress
 
-    progress = Progress.choose(quiet=quiet, quota_per_s=quota_per_s, every_s=progress_every_s)
+    progress = Progress.choose(
+        quiet=quiet,
+        quota_per_s=quota.rate_per_s,
+        quota_period_s=quota.period_s,
+        every_s=progress_every_s,
+    )
     result = start(
         progress=progress,
         progress_every_s=progress_every_s,
@@ -210,7 +216,7 @@ def run(
             max_pairs=max_pairs,
             confirm=None if resume_newest else confirm,
         ),
-        quota_per_s=job.api.quota.rate_per_s,
+        quota=job.api.quota,
         quiet=quiet,
         progress_every_s=progress_every_s,
         log_format=log_format,
@@ -236,11 +242,11 @@ def _ask_before_sending(preview: PlanPreview) -> bool:
         return False
 
 
-def _quota_of_run(run_dir: Path) -> float:
-    """The quota (requests/s) of the job a run folder belongs to, for the progress display."""
+def _quota_of_run(run_dir: Path) -> Quota:
+    """The quota of the job a run folder belongs to, for the progress display."""
     from batcher.runs.lineage import job_of_run, read_manifest
 
-    return job_of_run(run_dir.resolve(), read_manifest(run_dir.resolve())).api.quota.rate_per_s
+    return job_of_run(run_dir.resolve(), read_manifest(run_dir.resolve())).api.quota
 
 
 @main.command(name="resume")
@@ -261,7 +267,7 @@ def resume_command(
 
     _send(
         functools.partial(batcher.resume_run, run_dir, force=force, wait=wait_for_lock),
-        quota_per_s=_quota_of_run(run_dir),
+        quota=_quota_of_run(run_dir),
         quiet=quiet,
         progress_every_s=progress_every_s,
         log_format=log_format,
@@ -293,7 +299,7 @@ def retry_command(
         functools.partial(
             batcher.retry_run, run_dir, include_failed=include_failed, wait=wait_for_lock
         ),
-        quota_per_s=_quota_of_run(run_dir),
+        quota=_quota_of_run(run_dir),
         quiet=quiet,
         progress_every_s=progress_every_s,
         log_format=log_format,

@@ -58,7 +58,9 @@ def test_summary_names_planned_and_sent_requests_so_nobody_guesses(
     assert result.exit_code == 0, result.output
     summary = read_summary(run_dir_of(tmp_path / "out"))
     assert "requests" not in summary
-    assert summary["requests_planned"] == 2 and summary["requests_sent"] == 2
+    assert summary["requests_planned"] == 2
+    # requests_sent: what reached the API, as the server counted it.
+    assert summary["requests_sent"] == sim.snapshot(pairs=False)["counters"]["delink_requests"]
 
 
 def test_batcher_runs_shows_whole_run_ids_in_80_columns(tmp_path: Path) -> None:
@@ -108,3 +110,27 @@ def test_a_float_mobile_column_is_rejected_with_a_reason_that_says_why(tmp_path:
     assert any("floating-point" in n for n in summary["input"]["notes"])
     rejects = pl.read_parquet(run_dir / "rejects.parquet")
     assert all("floating-point" in m for m in rejects["batcher_message"].to_list())
+
+
+def test_the_progress_line_shows_a_per_minute_quota_per_minute() -> None:
+    """A "20/minute" quota reads "20.0/min", never "0.3/s"."""
+    import io
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from batcher.present.progress import render, take_figures
+    from batcher.send.stats import RunStats
+
+    journal = SimpleNamespace(counts=Counter({"delinked": 4}))
+    stats = RunStats(pairs_total=100, requests=4)
+    stats.started_at -= 60.0
+    console = Console(file=io.StringIO(), width=160, record=True)
+    figures = take_figures(journal, stats, 20 / 60, quota_period_s=60.0)  # type: ignore[arg-type]
+
+    console.print(render(figures))
+
+    text = console.export_text()
+    assert "of 20.0/min quota" in text and " req/min" in text, text
+    assert "/s" not in text.replace("req/min", ""), text

@@ -51,6 +51,7 @@ class Figures:
     retries: int
     elapsed_s: float
     eta_s: float | None
+    quota_period_s: float = 1.0  # 60 for a per-minute quota: rates are then shown per minute
 
 
 def recent_rate_per_s(stats: RunStats, elapsed_s: float) -> float:
@@ -68,6 +69,7 @@ def take_figures(
     quota_per_s: float,
     pace: PaceState | None = None,
     loop_time: float = 0.0,
+    quota_period_s: float = 1.0,
 ) -> Figures:
     # Read counters key by key: the journal's Counter is being written to as we look.
     counts = {s.value: journal.counts.get(s.value, 0) for s in SENT_STATUSES}
@@ -86,6 +88,7 @@ def take_figures(
         retries=stats.retries,
         elapsed_s=elapsed_s,
         eta_s=eta_s(done, stats.pairs_total, stats.requests_planned, elapsed_s, quota_per_s),
+        quota_period_s=quota_period_s,
     )
 
 
@@ -132,12 +135,14 @@ def render(fig: Figures) -> RenderableType:
         ),
     )
     line = Text()
-    line.append(f"{fig.rate_per_s:.1f} req/s", style="bold")
-    line.append(f" of {fig.quota_per_s:.1f}/s quota")
+    # In the quota's own unit: a "20/minute" quota is 20/min, not 0.3/s.
+    per, unit = (60.0, "min") if fig.quota_period_s >= 60 else (1.0, "s")
+    line.append(f"{fig.rate_per_s * per:.1f} req/{unit}", style="bold")
+    line.append(f" of {fig.quota_per_s * per:.1f}/{unit} quota")
     if fig.paused_s > 0:
         line.append(f" (paused {fig.paused_s:.1f} s)", style="yellow")
     elif fig.pace_per_s is not None and fig.pace_per_s < 0.95 * fig.quota_per_s:
-        line.append(f" (pace {fig.pace_per_s:.1f}/s)", style="yellow")
+        line.append(f" (pace {fig.pace_per_s * per:.1f}/{unit})", style="yellow")
     line.append(" · ")
     styles = {"delinked": "green", "not_linked": "", "failed": "red", "retryable": "yellow"}
     for i, (status, n) in enumerate(fig.counts.items()):
@@ -174,9 +179,11 @@ class Progress:
         every_s: float = 10.0,
         refresh_per_s: float = 4.0,
         console: Console | None = None,
+        quota_period_s: float = 1.0,
     ) -> None:
         self.mode = mode
         self.quota_per_s = quota_per_s
+        self.quota_period_s = quota_period_s
         self.every_s = every_s
         self.refresh_s = 1.0 / refresh_per_s
         self.console = console or Console(stderr=True)
@@ -189,13 +196,20 @@ class Progress:
         quota_per_s: float,
         every_s: float = 10.0,
         stream: TextIO | None = None,
+        quota_period_s: float = 1.0,
     ) -> Progress:
         """A display on a terminal, log lines elsewhere, nothing at all when quiet."""
         stream = stream or sys.stderr
         tty = stream.isatty()
         mode: Mode = "off" if quiet else "bar" if tty else "log"
         console = Console(file=stream, force_terminal=tty or None)
-        return cls(mode, quota_per_s=quota_per_s, every_s=every_s, console=console)
+        return cls(
+            mode,
+            quota_per_s=quota_per_s,
+            every_s=every_s,
+            console=console,
+            quota_period_s=quota_period_s,
+        )
 
     @contextlib.asynccontextmanager
     async def live(
@@ -210,7 +224,9 @@ class Progress:
         loop = asyncio.get_running_loop()
 
         def figures() -> Figures:
-            return take_figures(journal, stats, self.quota_per_s, pace(), loop.time())
+            return take_figures(
+                journal, stats, self.quota_per_s, pace(), loop.time(), self.quota_period_s
+            )
 
         if self.mode == "log":
             task = asyncio.create_task(self._log_every(figures))
