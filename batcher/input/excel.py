@@ -37,6 +37,7 @@ class Sheet:
 
     name: str
     frame: pl.DataFrame
+    blank_rows: int = 0  # wholly empty rows under the header, skipped (they keep their numbers)
 
 
 def sheet_names(data: bytes, label: str) -> list[str]:
@@ -101,7 +102,8 @@ def read_sheet(data: bytes, wanted: str | int, label: str) -> Sheet:
     blank = pl.all_horizontal(
         (pl.col(c).is_null() | (pl.col(c).str.strip_chars() == "")) for c in frame.columns
     )
-    return Sheet(name, numbered.filter(~blank))
+    empty = numbered.select(blank.alias("blank")).to_series()
+    return Sheet(name, numbered.filter(~empty), int(empty.sum()))
 
 
 def _check_header(columns: list[str], data: bytes, sheet: str, label: str) -> None:

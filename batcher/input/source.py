@@ -311,15 +311,16 @@ def _blank_rows(frame: pl.DataFrame, id_col: str) -> pl.Series | None:
 
 def _open_file(
     path: str, fmt: Format, job: Job, label: str
-) -> tuple[pl.LazyFrame, list[str], str | None]:
-    """(lazy rows, column names, sheet name) of one file; an Excel sheet is read whole."""
+) -> tuple[pl.LazyFrame, list[str], str | None, int]:
+    """(lazy rows, column names, sheet name, blank rows already skipped) of one file; an Excel
+    sheet is read whole."""
     inp = job.input
     is_object = cloud.is_object_url(path)
     options = options_of(job) if is_object else None
     if fmt == "xlsx":
         sheet = excel.read_sheet(read_bytes(job, path), inp.sheet, label)
         names = [c for c in sheet.frame.columns if c != excel.SHEET_ROW]
-        return sheet.frame.lazy(), names, sheet.name
+        return sheet.frame.lazy(), names, sheet.name, sheet.blank_rows
     source: Path | str = path if is_object else Path(path)
     try:
         if fmt == "csv":
@@ -332,7 +333,7 @@ def _open_file(
             )
         else:
             lf = pl.scan_parquet(source, glob=False, storage_options=options)
-        return lf, lf.collect_schema().names(), None
+        return lf, lf.collect_schema().names(), None, 0
     except InputError:
         raise
     except (pl.exceptions.PolarsError, OSError) as e:
@@ -363,7 +364,7 @@ def _read_file(
     the line a person sees in a spreadsheet, minus the header.
     """
     inp = job.input
-    lf, names, sheet = _open_file(path, fmt, job, label)
+    lf, names, sheet, skipped = _open_file(path, fmt, job, label)
     position: dict[str, pl.DataType] = {"row": pl.Int64(), "source_file": pl.String()}
     if sheet is not None:
         position["sheet"] = pl.String()
@@ -445,9 +446,9 @@ def _read_file(
         raise _unreadable(path, fmt, e) from e
     id_col, prog_col = id_col or inp.identifier_column, prog_col or inp.program_column
     blank = _blank_rows(frame, id_col)
-    blank_lines = 0
+    blank_lines = skipped  # a workbook's empty rows, skipped as its sheet was read
     if blank is not None:
-        blank_lines = int(blank.sum())
+        blank_lines += int(blank.sum())
         frame = frame.filter(~blank)
     originals = {new: old for old, new in kept.items() if new != old}
     return _FileRows(frame, id_col, prog_col, sheet, blank_lines, float_identifier, originals)

@@ -118,6 +118,7 @@ def test_empty_rows_are_skipped_but_keep_their_numbers(tmp_path: Path) -> None:
         (5, "rejected"),
     ]
     assert src.counts() == {"valid": 2, "rejected": 1, "duplicate": 0}
+    assert src.blank_lines == 2  # counted in summary.json as input.blank_lines_skipped
 
 
 def test_a_second_sheet_by_name_or_index_and_a_missing_one(tmp_path: Path) -> None:
