@@ -320,12 +320,12 @@ def report_command(run_dir: Path, out_path: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from batcher.runs.lineage import merged_report, report_counts, write_merged
+    from batcher.runs.lineage import merged_report_lazy, report_counts, write_merged
 
-    merged, used = merged_report(run_dir)
+    merged, used = merged_report_lazy(run_dir)
     counts = report_counts(merged)
     table = Table(
-        title=f"final status of {merged.height:,} rows across runs {', '.join(used)}",
+        title=f"final status of {sum(counts.values()):,} rows across runs {', '.join(used)}",
         title_justify="left",
     )
     table.add_column("status")

@@ -31,6 +31,7 @@ from batcher.results.journal import (
     read_journal,
 )
 from batcher.results.outcomes import CONFIRMED, STATUSES
+from batcher.runs.lineage import merged_report
 from tests.conftest import DEMO_ENV, Sim, clean_profile, mobile, only_run_dir, write_job
 
 PROGRAMS = ["partner-01", "partner-02", "partner-03"]
@@ -267,5 +268,14 @@ def test_streamed_assembly_gives_the_in_memory_files_through_a_resume_and_a_retr
         statuses |= set(outcomes["status"].to_list())
     assert pl.read_parquet(run_dir / "outcomes.parquet").height == rows
     assert statuses == set(STATUSES), "the family holds every status"
+    # report --out streams the family into its file: the same as the merged frame, written whole.
+    for name in ("merged.parquet", "merged.csv"):
+        report = runner.invoke(main, ["report", str(run_dir), "--out", str(tmp_path / name)])
+        assert report.exit_code == 0, report.output
+    merged, _ = merged_report(run_dir)
+    assert merged.height == rows
+    assert_frame_equal(pl.read_parquet(tmp_path / "merged.parquet"), merged)
+    write_table(merged, tmp_path / "whole.csv", "csv", sheet="report")
+    assert (tmp_path / "merged.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
     # The resume appended to a folded journal: it re-read the fold, and folded both.
     assert assemblies[1]["run_dir"] == run_dir and (assemblies[1]["aside"] / FOLDED_NAME).exists()

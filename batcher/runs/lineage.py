@@ -20,7 +20,7 @@ from batcher.errors import BatcherError, InputError
 from batcher.input import cloud
 from batcher.input.files import Format, fingerprint_inputs
 from batcher.input.source import dialect_of
-from batcher.input.tables import write_table
+from batcher.input.tables import sink_table, write_table
 from batcher.job import Job, load_job
 from batcher.results.journal import INTENTS_NAME, folded_path, unconfirmed_sends
 from batcher.results.outcomes import ANSWER_COLUMNS, STATUSES, Status
@@ -205,14 +205,23 @@ def _runs_of(job_dir: Path) -> dict[str, Manifest]:
     return runs
 
 
-def _with_answer_columns(outcomes: pl.DataFrame) -> pl.DataFrame:
+def _with_answer_columns(outcomes: pl.LazyFrame) -> pl.LazyFrame:
     """Outcomes written before a column was added (api_identifier) get it, empty."""
-    missing = [c for c in ANSWER_COLUMNS if c not in outcomes.columns]
+    names = outcomes.collect_schema().names()
+    missing = [c for c in ANSWER_COLUMNS if c not in names]
     return outcomes.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in missing)
 
 
 def merged_report(run_dir: Path) -> tuple[pl.DataFrame, list[str]]:
     """The latest answer for every row of the first run of `run_dir`'s family, and the runs used."""
+    merged, used = merged_report_lazy(run_dir)
+    return merged.collect(), used
+
+
+def merged_report_lazy(run_dir: Path) -> tuple[pl.LazyFrame, list[str]]:
+    """`merged_report` as a query over the runs' outcome files, for counting and writing it
+    without holding the family's outcomes in memory (the root's rows stream; each retry's,
+    usually few, are joined on)."""
     run_dir = run_dir.resolve()
     runs = _runs_of(run_dir.parent)
     root = run_dir.name
@@ -235,17 +244,20 @@ def merged_report(run_dir: Path) -> tuple[pl.DataFrame, list[str]]:
             f"Run {root} has no outcomes yet: it never finished.",
             hint=f"Resume it first: batcher resume {run_dir.parent / root}",
         )
-    merged = _with_answer_columns(pl.read_parquet(root_outcomes)).with_columns(
+    merged = _with_answer_columns(pl.scan_parquet(root_outcomes)).with_columns(
         pl.lit(root).alias("final_run")
     )
-    key_file = "source_file" in merged.columns
+    key_file = "source_file" in merged.collect_schema().names()
     used = [root]
     for rid in family[1:]:
         path = RunDir(run_dir).sibling(rid).outcomes_path
         if not path.is_file():
             continue
-        child = _with_answer_columns(pl.read_parquet(path))
-        mapped = child.join(_root_rows(path.parent, child), on="row", how="inner").select(
+        child = _with_answer_columns(pl.scan_parquet(path))
+        child_names = child.collect_schema().names()
+        keys = ["row", *(["source_file"] if "source_file" in child_names else [])]
+        roots = _root_rows(path.parent, child.select(keys).collect()).lazy()
+        mapped = child.join(roots, on="row", how="inner").select(
             pl.col("root_row").alias("row"),
             *([pl.col("root_source_file").alias("source_file")] if key_file else []),
             *(pl.col(c).alias(f"{c}__new") for c in ANSWER_COLUMNS),
@@ -264,13 +276,16 @@ def merged_report(run_dir: Path) -> tuple[pl.DataFrame, list[str]]:
     return merged, used
 
 
-def report_counts(merged: pl.DataFrame) -> dict[str, int]:
-    got = dict(merged.group_by("status").len().iter_rows())
+def report_counts(merged: pl.DataFrame | pl.LazyFrame) -> dict[str, int]:
+    counted = merged.lazy().group_by("status").len().collect(engine="streaming")
+    got = dict(counted.iter_rows())
     return {s: int(got.get(s, 0)) for s in STATUSES}
 
 
-def write_merged(merged: pl.DataFrame, out: Path) -> Path:
+def write_merged(merged: pl.DataFrame | pl.LazyFrame, out: Path) -> Path:
     suffix = out.suffix.lower()
     fmt: Format = "csv" if suffix == ".csv" else "xlsx" if suffix == ".xlsx" else "parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(merged, pl.LazyFrame) and fmt != "xlsx":
+        return sink_table(merged, out, fmt)  # streamed: a family of big runs is never held
     return write_table(merged, out, fmt, sheet="report")
