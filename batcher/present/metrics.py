@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from batcher.job import Job
 from batcher.results.journal import Journal
-from batcher.results.outcomes import STATUSES
+from batcher.results.outcomes import SENT_STATUSES, STATUSES
 from batcher.send.stats import RunStats
 
 log = structlog.get_logger("batcher.present.metrics")
@@ -142,7 +142,7 @@ def publish(job: Job, fig: RunFigures) -> None:
 
 def live_figures(job: Job, journal: Journal, stats: RunStats) -> RunFigures:
     # Read the journal's counters key by key: they are written to as we look.
-    counts = {s: journal.counts.get(s, 0) for s in STATUSES[:4]}
+    counts = {s: journal.counts.get(s, 0) for s in SENT_STATUSES}
     elapsed_s = stats.elapsed_s()
     return RunFigures(
         job=job.name,

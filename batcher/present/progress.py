@@ -31,7 +31,13 @@ log = structlog.get_logger("batcher.present.progress")
 
 Mode = Literal["bar", "log", "off"]
 # The statuses a sent pair can end with, in display order.
-SENT_STATUSES = (Status.DELINKED, Status.NOT_LINKED, Status.FAILED, Status.RETRYABLE)
+SENT_STATUSES = (
+    Status.DELINKED,
+    Status.DELINKED_UNCONFIRMED,
+    Status.NOT_LINKED,
+    Status.FAILED,
+    Status.RETRYABLE,
+)
 RATE_WINDOW_S = 3  # requests/s is measured over the last few complete seconds
 
 
@@ -145,7 +151,9 @@ def render(fig: Figures) -> RenderableType:
         line.append(f" (pace {fig.pace_per_s * per:.1f}/{unit})", style="yellow")
     line.append(" · ")
     styles = {"delinked": "green", "not_linked": "", "failed": "red", "retryable": "yellow"}
-    for i, (status, n) in enumerate(fig.counts.items()):
+    # The rare status shows only once it occurs: the line stays short.
+    shown = [(s, n) for s, n in fig.counts.items() if n or s != Status.DELINKED_UNCONFIRMED]
+    for i, (status, n) in enumerate(shown):
         line.append(("  " if i else "") + f"{status} ")
         line.append(f"{n:,}", style=styles.get(status, ""))
     line.append(f" · throttled {fig.throttles:,} · retries {fig.retries:,}")

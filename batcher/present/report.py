@@ -22,6 +22,7 @@ PAD_L, PAD_R, PAD_T, PAD_B = 56, 16, 16, 40
 
 STATUS_COLOURS = {
     "delinked": "#2e7d32",
+    "delinked_unconfirmed": "#81c784",
     "not_linked": "#607d8b",
     "failed": "#c62828",
     "retryable": "#ef6c00",

@@ -316,7 +316,7 @@ def unconfirmed_sends(journal_path: Path) -> set[tuple[str, str]]:
 
     Those given up as `retryable` after an attempt whose answer was lost, and those sent with
     no journal line at all (in flight when the run was stopped at once, or killed). A later run
-    that hears "not linked" for one of them knows the delink was done.
+    that hears "not linked" for one of them reports it `delinked_unconfirmed`.
     """
     journal = read_journal(journal_path)
     flagged = journal.filter((pl.col("s") == Status.RETRYABLE.value) & pl.col("ms").fill_null(True))

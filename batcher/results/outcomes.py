@@ -1,4 +1,4 @@
-"""Row outcomes: the six statuses, one pair's answer, and the exit code they give.
+"""Row outcomes: the seven statuses, one pair's answer, and the exit code they give.
 
 Every input row ends with exactly one status. Sent pairs are journalled as their answers arrive
 (results/journal.py), and the result files are assembled from the journal at the end
@@ -14,8 +14,13 @@ from typing import NamedTuple
 
 
 class Status(enum.StrEnum):
-    DELINKED = "delinked"
-    NOT_LINKED = "not_linked"
+    """What became of a row. Never optimistic: each promises only what an answer proved."""
+
+    DELINKED = "delinked"  # the pair's own item answered status true: this job removed the link
+    # Not linked now, after an earlier attempt whose answer was lost (a timeout, a dropped
+    # connection, a 5xx, an unreadable body): that attempt may have removed it, or nobody did.
+    DELINKED_UNCONFIRMED = "delinked_unconfirmed"
+    NOT_LINKED = "not_linked"  # 2004, and no earlier attempt can have removed the link
     FAILED = "failed"
     RETRYABLE = "retryable"
     REJECTED = "rejected"
@@ -26,7 +31,14 @@ STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 # Statuses that leave work for the operator (exit code 1).
 NEEDS_ATTENTION = frozenset({Status.FAILED, Status.RETRYABLE, Status.REJECTED})
 # Answers that settle a pair: a resume does not send it again.
-CONFIRMED: tuple[str, ...] = (Status.DELINKED.value, Status.NOT_LINKED.value, Status.FAILED.value)
+CONFIRMED: tuple[str, ...] = (
+    Status.DELINKED.value,
+    Status.DELINKED_UNCONFIRMED.value,
+    Status.NOT_LINKED.value,
+    Status.FAILED.value,
+)
+# Statuses an answer (or giving up on one) gives: what the journal counts while a run is live.
+SENT_STATUSES: tuple[str, ...] = (*CONFIRMED, Status.RETRYABLE.value)
 
 # What an answer says of a row; a later run's answer replaces all of them (see lineage.report).
 ANSWER_COLUMNS = (

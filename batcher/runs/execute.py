@@ -34,7 +34,12 @@ from batcher.runs.rundir import Manifest, ManifestInput, PlanParameters, RunDir,
 from batcher.runs.upload import check_output, upload_results_or_log
 from batcher.runs.validate import input_file_facts, plan_summary, with_plan, write_rejects
 from batcher.send.auth import Authenticator, Credentials, OrgGuard, credentials_from_env
-from batcher.send.sender import Sender, SendResult
+from batcher.send.sender import (
+    EARLIER_SESSION_LOST,
+    PARENT_RUN_LOST,
+    Sender,
+    SendResult,
+)
 from batcher.send.session import make_session
 from batcher.send.stats import RunStats
 
@@ -142,7 +147,8 @@ class Prepared:
     command: str  # run | resume | retry
     parent: str | None
     plan: Plan
-    maybe_sent: set[tuple[str, str]]
+    # Pairs an earlier run or session may have processed, and how its answer was lost.
+    maybe_sent: dict[tuple[str, str], str]
     rejects_path: Path | None
     started_at: str
     started_monotonic: float
@@ -251,10 +257,12 @@ def prepare(
         shutil.copyfile(job.path, folder.job_copy_path)
         folder.write_manifest(_manifest(job, folder.run_id, source, parent))
     confirmed = None
-    maybe_sent = set(inherited_maybe_sent)
+    maybe_sent = dict.fromkeys(inherited_maybe_sent, PARENT_RUN_LOST)
     if resuming:
         confirmed = confirmed_pairs(folder.journal_path)
-        maybe_sent |= unconfirmed_intents(folder.journal_path, confirmed)
+        maybe_sent.update(
+            dict.fromkeys(unconfirmed_intents(folder.journal_path, confirmed), EARLIER_SESSION_LOST)
+        )
         log.info("run.resumed", confirmed_pairs=confirmed.height, maybe_sent_pairs=len(maybe_sent))
     rejects_path = write_rejects(source, folder)
     pairs = _plan_input(source, confirmed)

@@ -21,11 +21,16 @@ VERDICT_STATUS = {
     Verdict.NOT_LINKED: Status.NOT_LINKED,
     Verdict.FAILED: Status.FAILED,
 }
-# "Not linked" on a resend after an attempt whose answer was lost: that attempt did the delink.
-LOST_ANSWER_NOTE = (
-    "not linked on this attempt: an earlier attempt whose answer was lost most likely did "
-    "the delink"
-)
+
+
+def unconfirmed_note(lost: str) -> str:
+    """The note of a `delinked_unconfirmed` pair: which earlier answer was lost, and how."""
+    return (
+        f"not linked now, but the answer to an earlier attempt was lost ({lost}): that attempt "
+        "may have removed the link, or it was never linked; which is unknown"
+    )
+
+
 # Throttles do not use up a pair's attempts (nothing was processed), but they are bounded.
 THROTTLES_PER_ATTEMPT = 3
 # A pair whose customer came back under a name that matches no customer sent.
@@ -92,15 +97,11 @@ def _again_or_give_up(
         if lost is not None and p.lost is None:
             p.lost = f"attempt {p.attempts}: {lost}"
         if p.attempts >= max_attempts:
+            note = f"gave up after {p.attempts} attempts"
+            if p.lost is not None:
+                note += f"; an answer was lost, so it may have been processed ({p.lost})"
             applied.outcomes.append(
-                outcome(
-                    p,
-                    Status.RETRYABLE,
-                    code,
-                    message,
-                    request_id=request_id,
-                    note=f"gave up after {p.attempts} attempts",
-                )
+                outcome(p, Status.RETRYABLE, code, message, request_id=request_id, note=note)
             )
         else:
             again.append(p)
@@ -299,7 +300,8 @@ def apply_answer(
                     continue
                 status, note = VERDICT_STATUS[verdict], None
                 if status is Status.NOT_LINKED and p.lost is not None:
-                    status, note = Status.DELINKED, LOST_ANSWER_NOTE
+                    # Who removed the link cannot be known: never claim it was this job.
+                    status, note = Status.DELINKED_UNCONFIRMED, unconfirmed_note(p.lost)
                 applied.outcomes.append(
                     outcome(
                         p,

@@ -40,8 +40,13 @@ log = structlog.get_logger("batcher.send.sender")
 
 # Latencies kept for the percentiles: enough for their precision, bounded in memory.
 MAX_LATENCIES = 200_000
-# How a resumed run knows an earlier session may have sent a pair: its intent has no answer.
-EARLIER_SESSION_LOST = "an earlier session sent it and stopped before recording the answer"
+# How an earlier attempt's answer was lost, for pairs a run is handed as maybe processed:
+# on a resume, sent (its intent written) by an earlier session that never recorded the answer;
+# on a retry, given up by the parent run after an attempt whose answer was lost.
+EARLIER_SESSION_LOST = (
+    "a request of an earlier session of this run, stopped or killed before its answer was recorded"
+)
+PARENT_RUN_LOST = "an attempt in the parent run whose answer was lost (see its note there)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +91,7 @@ class Sender:
         journal: Journal,
         *,
         stats: RunStats | None = None,
-        maybe_sent: set[tuple[str, str]] | None = None,
+        maybe_sent: Mapping[tuple[str, str], str] | None = None,
         pacer: Pacer | None = None,
         org: OrgGuard | None = None,
         resume_command: str = "batcher resume RUN_DIR",
@@ -99,7 +104,7 @@ class Sender:
         self._queue = WorkQueue(
             requests,
             customers_per_request=job.api.customers_per_request,
-            lost=dict.fromkeys(maybe_sent or (), EARLIER_SESSION_LOST),
+            lost=maybe_sent,
         )
         self.stats = stats or RunStats()
         self.pacer = pacer or Pacer(
@@ -240,8 +245,6 @@ class Sender:
     async def _send(self, session: aiohttp.ClientSession, batch: Batch) -> None:
         entries = [Entry(c.customer, tuple(p.program for p in c.pairs)) for c in batch.customers]
         body = orjson.dumps(contract.build_body(self._identifier, entries))
-        # Write-ahead: after a crash, these pairs may have been processed.
-        self._journal.intend([(c.customer, p.program) for c in batch.customers for p in c.pairs])
         sent_at = await self.pacer.slot()
         if self._stop_reason is not None:
             self._queue.put_first(batch)  # stopped while waiting: it was never sent
@@ -261,6 +264,9 @@ class Sender:
             headers = {**auth_headers, "Content-Type": "application/json"}
         else:
             headers, token = self._basic_headers, None
+        # Write-ahead, once nothing stands between the request and the network (no slot or
+        # token to wait for): after a crash, these pairs may have been processed.
+        self._journal.intend([(c.customer, p.program) for c in batch.customers for p in c.pairs])
         self.stats.requests += 1
         started = time.monotonic()
         try:

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from batcher.results.outcomes import Status
 from batcher.send import contract
 from batcher.send.answers import (
-    LOST_ANSWER_NOTE,
     THROTTLES_PER_ATTEMPT,
     apply_answer,
     retry_all,
@@ -151,7 +150,8 @@ def test_an_omitted_pair_gives_up_as_retryable_maybe_sent_after_its_last_attempt
     second = apply_answer(batch, empty, "r2", identifier="mobile", max_attempts=2)
     (given_up,) = second.outcomes
     assert (given_up.status, given_up.attempts, given_up.maybe_sent) == (Status.RETRYABLE, 2, True)
-    assert given_up.note == "gave up after 2 attempts"
+    assert given_up.note is not None and given_up.note.startswith("gave up after 2 attempts")
+    assert "attempt 1: program omitted from the answer" in given_up.note
 
 
 def test_a_transient_item_is_retried_without_marking_the_pair_maybe_sent() -> None:
@@ -161,12 +161,29 @@ def test_a_transient_item_is_retried_without_marking_the_pair_maybe_sent() -> No
     assert (given_up.status, given_up.code, given_up.maybe_sent) == (Status.RETRYABLE, 2010, False)
 
 
-def test_a_resend_answering_not_linked_after_a_lost_answer_counts_as_the_delink() -> None:
-    batch = _one_pair(lost="attempt 1: timed out")
+def test_not_linked_after_a_lost_answer_is_delinked_unconfirmed_and_says_which_and_how() -> None:
+    batch = _one_pair()
+    retry_all(batch, None, "no answer: timed out", None, lost="timed out", max_attempts=3)
     (done,) = apply_answer(
         batch, _one_answer(2004), "r2", identifier="mobile", max_attempts=3
     ).outcomes
-    assert done.status == Status.DELINKED and done.note == LOST_ANSWER_NOTE
+    assert (done.status, done.code, done.attempts) == (Status.DELINKED_UNCONFIRMED, 2004, 2)
+    assert done.note is not None and "attempt 1: timed out" in done.note
+
+
+def test_only_the_pairs_own_success_is_delinked_and_2004_alone_is_not_linked() -> None:
+    lost_before = _one_pair(lost="attempt 1: HTTP 503 answer")
+    (ok,) = apply_answer(
+        lost_before, _one_answer(200, ok=True), "r", identifier="mobile", max_attempts=3
+    ).outcomes
+    assert (ok.status, ok.note) == (Status.DELINKED, None)
+    # A transient item was answered: that attempt did nothing, so a later 2004 is not_linked.
+    batch = _one_pair()
+    apply_answer(batch, _one_answer(2010), "r1", identifier="mobile", max_attempts=3)
+    (done,) = apply_answer(
+        batch, _one_answer(2004), "r2", identifier="mobile", max_attempts=3
+    ).outcomes
+    assert (done.status, done.note) == (Status.NOT_LINKED, None)
 
 
 def test_throttles_use_no_attempt_but_are_bounded() -> None:
