@@ -358,7 +358,9 @@ def test_a_retry_knows_which_pairs_the_parent_may_have_delinked(
     assert set(counts) == {"delinked", "delinked_unconfirmed"}
     assert sum(counts.values()) == rows
     unconfirmed = merged.filter(pl.col("status") == "delinked_unconfirmed")
-    assert unconfirmed["note"].str.contains("parent run").all()
+    assert unconfirmed["note"].str.contains("earlier attempt was lost").all()
+    # ... the retry's own among them name the parent run's lost attempt.
+    assert unconfirmed["note"].str.contains("an attempt in the parent run").any()
     assert sim.still_linked("mobile", [(mobile(i), p) for i in range(200) for p in PROGRAMS]) == []
 
 

@@ -214,7 +214,8 @@ def test_soak_every_fault_at_once_then_retry_finishes_the_job(
         "retries": summary["retries"],
         "splits": summary["splits"],
         "resent_pairs": len(resent),
-        "lost_rows": ROWS - sum(final.get(s, 0) for s in ("delinked", "not_linked")),
+        "lost_rows": ROWS
+        - sum(final.get(s, 0) for s in ("delinked", "delinked_unconfirmed", "not_linked")),
         "left_after_first_run": left,
         "first_run_counts": summary["counts"],
         "retry_run_requests": end["requests"] - counters["requests"],

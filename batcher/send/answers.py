@@ -95,7 +95,9 @@ def _again_or_give_up(
     again: list[PendingPair] = []
     for p in pairs:
         if lost is not None and p.lost is None:
-            p.lost = f"attempt {p.attempts}: {lost}"
+            # (An attempt during an outage is given back, so it may have no number of its own.)
+            which = f"attempt {p.attempts}" if p.attempts > 0 else "an attempt during an outage"
+            p.lost = f"{which}: {lost}"
         if p.attempts >= max_attempts:
             note = f"gave up after {p.attempts} attempts"
             if p.lost is not None:
