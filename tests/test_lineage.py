@@ -301,7 +301,10 @@ def test_a_second_interrupt_stops_at_once_and_the_journal_keeps_what_was_confirm
 
     resumed = run_cli("resume", str(run_dir), "--quiet")
     assert resumed.returncode == 0, resumed.stderr
-    assert read_summary(run_dir)["counts"]["delinked"] == rows
+    counts = read_summary(run_dir)["counts"]
+    # Requests cut off in flight were processed, their answers lost: the resend hears 2004.
+    assert counts["delinked"] + counts["delinked_unconfirmed"] == rows
+    assert counts["delinked_unconfirmed"] <= 8 * 2 * len(PROGRAMS)  # at most 8 in flight
 
 
 def test_runs_of_different_jobs_with_different_api_keys_may_run_at_once(
