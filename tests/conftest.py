@@ -151,4 +151,5 @@ def only_run_dir(out: Path, job: str = "e2e") -> Path:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "summary.json").read_text())
+    summary: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
+    return summary

@@ -43,7 +43,7 @@ class Receiver:
             await site.start()
             server = site._server
             assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
             ready.set()
 
         def run() -> None:

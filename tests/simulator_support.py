@@ -95,6 +95,6 @@ class Client:
 async def running(
     prof: Profile | None = None, *, clock: Callable[[], float] | None = None
 ) -> AsyncIterator[Client]:
-    sim = Simulator(prof or profile(), **({"clock": clock} if clock else {}))
+    sim = Simulator(prof or profile(), clock=clock) if clock else Simulator(prof or profile())
     async with sim, aiohttp.ClientSession() as session:
         yield Client(sim, session)

@@ -66,7 +66,7 @@ def slow_job(folder: Path, base_url: str, name: str, first: int, **kw: object) -
         folder,
         base_url,
         name=name,
-        api={"rate": "5/second", "customers_per_request": 2, **kw},  # type: ignore[dict-item]
+        api={"rate": "5/second", "customers_per_request": 2, **kw},
     )
 
 

@@ -34,7 +34,7 @@ HEADER = ["mobile", "partner_program_name", "region"]
 
 def workbook(path: Path, sheets: dict[str, list[list[Any]]], merge: str | None = None) -> Path:
     book = openpyxl.Workbook()
-    book.remove(book.active)  # type: ignore[arg-type]
+    book.remove(book.active)
     for name, rows in sheets.items():
         ws = book.create_sheet(name)
         for r in rows:
@@ -205,6 +205,7 @@ def test_failures_and_rejects_of_a_workbook_are_workbooks_that_work_as_input(
     counts = read_summary(run_dir)["counts"]
     assert counts == {
         "delinked": 5,
+        "delinked_unconfirmed": 0,
         "not_linked": 0,
         "failed": 3,
         "retryable": 0,
