@@ -1,6 +1,6 @@
 """Security (issue 7): secrets only from the environment, owner-only outputs, no escaping the
 output folder, no plain http to a remote host. The secrets scan of a run's files and streams is
-tests/test_logs.py (and tests/test_soak.py runs it on the soak)."""
+tests/present/test_logs.py (and tests/test_soak.py runs it on the soak)."""
 
 from __future__ import annotations
 

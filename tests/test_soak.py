@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 
 from tests.conftest import Sim, clean_profile, mobile, read_summary, run_cli, write_job, write_pairs
-from tests.test_logs import (
+from tests.present.test_logs import (
     BASIC_HEADER,
     CLIENT_SECRET,
     PASSWORD,

@@ -16,7 +16,7 @@ from batcher.simulator.profile import (
 )
 from batcher.simulator.state import State
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_builtin_demo_profile_is_the_default() -> None:

@@ -362,7 +362,7 @@ def test_generated_file_is_fully_accounted_for(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("sample", ["demo.toml", "demo-parquet.toml"])
 def test_samples_are_fully_accounted_for(sample: str) -> None:
-    src = load_source(load_job(Path(__file__).parent.parent / "jobs" / sample))
+    src = load_source(load_job(Path(__file__).resolve().parents[2] / "jobs" / sample))
     accounted(src)
     reasons = src.reason_counts()
     if sample == "demo.toml":

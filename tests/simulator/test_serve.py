@@ -20,7 +20,7 @@ from batcher.simulator.server import SimulatorThread
 from tests.conftest import mobile
 from tests.simulator_support import basic, body, profile
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _batcher(*args: str) -> list[str]:

@@ -25,7 +25,7 @@ from tests.conftest import (
     write_job,
     write_pairs,
 )
-from tests.test_lineage import PROGRAMS, start_cli, wait_for_journal
+from tests.runs.test_lineage import PROGRAMS, start_cli, wait_for_journal
 
 # Half the pairs linked: a resend's 2004 can then come from a pair that never was.
 HALF_LINKED = {"customers": 5_000, "program_count": 5, "link_probability": 0.5}
