@@ -202,7 +202,9 @@ def run(
     if dry_run:
         _validate(job_file, input_path, output_dir)
     job = load_job(job_file)
-    confirm = None if assume_yes or not sys.stdin.isatty() else _ask_before_sending
+    # The embedded simulator is no org: nothing there is irreversible, so the demo never asks.
+    embedded = job.api.is_simulator and base_url is None
+    confirm = None if assume_yes or embedded or not sys.stdin.isatty() else _ask_before_sending
     _send(
         functools.partial(
             batcher.run_job,

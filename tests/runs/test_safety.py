@@ -188,6 +188,14 @@ def test_on_a_terminal_yes_sends(tmp_path: Path, simulator: Sim) -> None:
     assert requests_seen(sim) > 0
 
 
+def test_on_a_terminal_the_embedded_simulator_is_not_asked(tmp_path: Path) -> None:
+    """The README's demo command runs straight through: the embedded simulator is no org."""
+    term = Terminal("run", "jobs/demo.toml", "--output", str(tmp_path / "out"), cwd=REPO)
+    assert term.finish() == 1, term.text  # the demo has rejects and unknown customers on purpose
+    assert "cannot be undone" not in term.text
+    assert list((tmp_path / "out").rglob("summary.json"))
+
+
 def test_on_a_terminal_the_yes_flag_skips_the_question(tmp_path: Path, simulator: Sim) -> None:
     sim = simulator(clean_profile())
     write_pairs(tmp_path / "pairs.csv", range(20), PROGRAMS)
