@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import polars as pl
 import pytest
@@ -121,6 +121,22 @@ def write_job(
     path = directory / "job.toml"
     path.write_text(text)
     return path
+
+
+def start_cli(
+    *args: str, cwd: Path | None = None, stderr: IO[str] | None = None
+) -> subprocess.Popen[str]:
+    """Start `batcher ...` in a subprocess and return at once (for signals, kills and locks)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPILLARY_")}
+    env.update(DEMO_ENV)
+    return subprocess.Popen(
+        [sys.executable, "-m", "batcher.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=stderr if stderr is not None else subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd or REPO,
+    )
 
 
 def run_cli(

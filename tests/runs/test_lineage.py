@@ -29,25 +29,13 @@ from tests.conftest import (
     only_run_dir,
     read_summary,
     run_cli,
+    start_cli,
     write_job,
     write_pairs,
 )
 
 PROGRAMS = ["partner-01", "partner-02", "partner-03", "partner-04"]
 CONFIRMED = ("delinked", "delinked_unconfirmed", "not_linked", "failed")
-
-
-def start_cli(*args: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPILLARY_")}
-    env.update(DEMO_ENV)
-    return subprocess.Popen(
-        [sys.executable, "-m", "batcher.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=REPO,
-    )
 
 
 def journal_lines(out: Path, job: str = "e2e") -> int:

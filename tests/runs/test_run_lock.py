@@ -7,14 +7,11 @@ the lock); the second runs in-process. The simulator's counters say what was rea
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import IO
 
 import pytest
 from click.testing import CliRunner, Result
@@ -23,30 +20,17 @@ from batcher.cli import main
 from batcher.runs.lock import api_key_lock, holding, job_lock
 from tests.conftest import (
     DEMO_ENV,
-    REPO,
     Sim,
     clean_profile,
     mobile,
     only_run_dir,
     read_summary,
+    start_cli,
     write_job,
     write_pairs,
 )
 
 PROGRAMS = ["partner-01", "partner-02"]
-
-
-def start_cli(*args: str, cwd: Path = REPO, stderr: IO[str] | None = None) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPILLARY_")}
-    env.update(DEMO_ENV)
-    return subprocess.Popen(
-        [sys.executable, "-m", "batcher.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=stderr if stderr is not None else subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=cwd,
-    )
 
 
 def wait_until_sending(job_dir: Path, proc: subprocess.Popen[str], limit_s: float = 60) -> None:

@@ -22,10 +22,11 @@ from tests.conftest import (
     clean_profile,
     only_run_dir,
     read_summary,
+    start_cli,
     write_job,
     write_pairs,
 )
-from tests.runs.test_lineage import PROGRAMS, start_cli, wait_for_journal
+from tests.runs.test_lineage import PROGRAMS, wait_for_journal
 
 # Half the pairs linked: a resend's 2004 can then come from a pair that never was.
 HALF_LINKED = {"customers": 5_000, "program_count": 5, "link_probability": 0.5}
