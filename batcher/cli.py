@@ -394,5 +394,13 @@ def runs(job: str | None, output_dir: str | None) -> None:
     print_runs(found, Console())
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `batcher` console script: this process is batcher's own, so it may use uvloop."""
+    from batcher.eventloop import claim_process
+
+    claim_process()
     main()
+
+
+if __name__ == "__main__":
+    entry()

@@ -9,7 +9,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +18,7 @@ import polars as pl
 import structlog
 
 from batcher.errors import RunStopped
+from batcher.eventloop import loop_factory
 from batcher.input.files import input_location
 from batcher.input.source import Source, load_source
 from batcher.job import Job, Quota
@@ -314,7 +315,7 @@ def send(prepared: Prepared, progress: Any = None) -> Sent:
         resume_command=f"batcher resume {shlex.quote(str(prepared.folder.path))}",
     )
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             result = runner.run(
                 _run_with_progress(
                     job,
@@ -427,15 +428,6 @@ async def _run_with_progress(
     # watch = (journal, stats, pace): what the display reads (see present.progress.Progress.live).
     async with progress.live(*watch):
         return await _send_all(job, profile, credentials, sender, org)
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop where it is installed (it halves the event loop's share of each request)."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def quota_use(timeline: dict[int, list[int]], quota: Quota) -> dict[str, Any]:

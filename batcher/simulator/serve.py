@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from batcher.eventloop import loop_factory
 from batcher.simulator.profile import load_profile
 from batcher.simulator.server import Simulator
 
@@ -87,18 +88,9 @@ def serve_forever(
     profile = load_profile(profile_path)
     with (
         contextlib.suppress(KeyboardInterrupt),
-        asyncio.Runner(loop_factory=_loop_factory()) as runner,
+        asyncio.Runner(loop_factory=loop_factory()) as runner,
     ):
         runner.run(_serve(host, port, profile, log_every_request))
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop where it is installed: the server's event loop is most of its cost per request."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 async def _serve(host: str, port: int, profile: Any, log_every_request: bool) -> None:
