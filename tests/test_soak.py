@@ -43,7 +43,7 @@ SOAK_PROFILE = {
     "slowdown": {"after_requests": 700, "rate": "200/second"},
     "latency": {"fixed_ms": 2, "spread_ms": 10},
     "faults": {
-        "throttle": 0.002,
+        "throttle": 0.008,  # ~8 random 429s in a run: one at least, even when the quota never binds
         "server_error": 0.02,
         "server_error_statuses": [500, 502, 503],
         "server_error_html_share": 0.7,
