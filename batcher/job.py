@@ -14,6 +14,8 @@ from batcher.errors import JobError
 
 Identifier = Literal["mobile", "email", "externalId", "id"]
 IDENTIFIERS: tuple[Identifier, ...] = ("mobile", "email", "externalId", "id")
+# How the API is authenticated; the credentials themselves come only from the environment.
+AuthKind = Literal["basic", "oauth"]
 SIMULATOR = "simulator"
 
 # A job name becomes a folder under the output dir: keep it to one safe path segment.
@@ -97,7 +99,7 @@ class InputSettings:
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
     base_url: str
-    auth: Literal["basic", "oauth"]
+    auth: AuthKind
     quota: Quota
     max_in_flight: int
     customers_per_request: int

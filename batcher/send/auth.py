@@ -20,6 +20,7 @@ import aiohttp
 import structlog
 
 from batcher.errors import CredentialsError, RunStopped
+from batcher.job import AuthKind
 from batcher.present import logs
 from batcher.send.contract import TOKEN_PATH
 
@@ -46,7 +47,7 @@ def basic_header(username: str, password_md5: str) -> str:
 class Credentials:
     """Either Basic (username + md5 of the password) or OAuth (client key + secret)."""
 
-    kind: str  # "basic" | "oauth"
+    kind: AuthKind
     username: str = ""
     password_md5: str = field(default="", repr=False)
     client_key: str = ""
@@ -61,7 +62,7 @@ class Credentials:
         return tuple(s for s in (self.password_md5, self.client_secret) if s)
 
 
-def credentials_from_env(auth: str, env: Mapping[str, str] | None = None) -> Credentials:
+def credentials_from_env(auth: AuthKind, env: Mapping[str, str] | None = None) -> Credentials:
     """Read credentials for `auth` from the environment; missing ones are an error (exit 2)."""
     env = os.environ if env is None else env
     if auth == "basic":
