@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
-import tomllib
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+import msgspec
 
 from batcher.errors import JobError
+from batcher.settings import (
+    Problem,
+    Table,
+    convert,
+    key,
+    keys,
+    parse_rate,
+    read_toml,
+    required,
+    sections,
+)
+from batcher.settings import Quota as Quota  # public here: batcher.job.Quota
 
 Identifier = Literal["mobile", "email", "externalId", "id"]
 IDENTIFIERS: tuple[Identifier, ...] = ("mobile", "email", "externalId", "id")
@@ -18,9 +31,8 @@ IDENTIFIERS: tuple[Identifier, ...] = ("mobile", "email", "externalId", "id")
 AuthKind = Literal["basic", "oauth"]
 SIMULATOR = "simulator"
 
-# A job name becomes a folder under the output dir: keep it to one safe path segment.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*$", re.IGNORECASE)
+_BASE_URL = 'an https:// URL such as "https://eu.api.capillarytech.com", or "simulator"'
+_RATE = 'a quota such as "1000/minute" or "20/second"'
 # Keys that look like they hold a secret are refused by name, with a pointer to the environment.
 _SECRET_KEY_RE = re.compile(r"pass(word)?|secret|token|api_?key|client_?key|md5|credential", re.I)
 # storage_options keys that would carry a cloud credential (the values belong in the environment).
@@ -56,26 +68,6 @@ def _check_output_url(path: Path, url: str) -> None:
             f"has a bad value {url!r}",
             "a local folder, or an s3://, gs:// or az:// URL with a bucket (https:// is read-only)",
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Quota:
-    """A hard request quota: `requests` per `period_s` seconds."""
-
-    requests: float
-    period_s: float
-
-    @property
-    def rate_per_s(self) -> float:
-        return self.requests / self.period_s
-
-    def seconds_for(self, requests: int) -> float:
-        """How long `requests` take when sent at the quota (the least a run can take)."""
-        return requests / self.rate_per_s
-
-    def __str__(self) -> str:
-        unit = "second" if self.period_s == 1 else "minute"
-        return f"{self.requests:g}/{unit}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,169 +277,188 @@ class Job:
         }
 
 
-# --- checking ---------------------------------------------------------------------------------
+# --- the file's schema (batcher/settings.py: how a mistake becomes a Problem) -----------------
 
-Check = Callable[[Any], bool]
-
-
-@dataclass(frozen=True, slots=True)
-class _Key:
-    kind: type | tuple[type, ...]
-    allowed: str
-    check: Check | None = None
-    required: bool = False
+_SECONDS = "a positive number of seconds"
+_COLUMN = "a column name"
+Seconds = Annotated[float, key(_SECONDS, gt=0)]
 
 
-def _positive_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _positive_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and v > 0
-
-
-_SCHEMA: dict[str, dict[str, _Key]] = {
-    "": {
-        "name": _Key(
-            str,
-            "a name of letters, digits, '.', '_' or '-' (at most 100, starting with a letter or "
-            "digit); it becomes a folder under the output dir",
-            lambda v: bool(_NAME_RE.match(v)) and ".." not in v,
-            required=True,
-        ),
-    },
-    "input": {
-        "path": _Key(
-            str,
+class _Input(Table):
+    path: Annotated[
+        str,
+        key(
             "a CSV, Parquet or Excel (.xlsx) file, or a glob of them; or an s3://, gs://, az:// "
             "URL (globs allowed) or an https:// URL of one file",
-            bool,
-            required=True,
+            min_length=1,
         ),
-        "identifier": _Key(str, "one of mobile, email, externalId, id", IDENTIFIERS.__contains__),
-        "identifier_column": _Key(str, "a column name", bool),
-        "program_column": _Key(str, "a column name", bool),
-        "separator": _Key(str, "a single character such as ',' or ';'", lambda v: len(v) == 1),
-        "encoding": _Key(
-            str,
+    ]
+    identifier: Annotated[Identifier, key("one of mobile, email, externalId, id")] = "mobile"
+    identifier_column: Annotated[str, key(_COLUMN, min_length=1)] | None = None
+    program_column: Annotated[str, key(_COLUMN, min_length=1)] = "partner_program_name"
+    separator: Annotated[
+        str, key("a single character such as ',' or ';'", min_length=1, max_length=1)
+    ] = ","
+    encoding: Annotated[
+        str,
+        key(
             "utf8 (default), utf8-lossy, or a Python codec name such as cp1252 or latin-1",
-            bool,
+            min_length=1,
         ),
-        "default_country_code": _Key(
+    ] = "utf8"
+    default_country_code: (
+        Annotated[
             str,
-            'the country code national mobiles are completed with, 1 to 4 digits such as "91" '
-            "(only with identifier = mobile)",
-            lambda v: bool(re.fullmatch(r"[1-9][0-9]{0,3}", v)),
-        ),
-        "national_mobile_digits": _Key(
+            key(
+                'the country code national mobiles are completed with, 1 to 4 digits such as "91" '
+                "(only with identifier = mobile)",
+                pattern=r"^[1-9][0-9]{0,3}\Z",
+            ),
+        ]
+        | None
+    ) = None
+    national_mobile_digits: (
+        Annotated[
             int,
-            "the length of a national mobile number without its trunk 0, 4 to 14 (default 10)",
-            lambda v: _positive_int(v) and 4 <= v <= 14,
-        ),
-        "storage_options": _Key(
-            dict,
+            key(
+                "the length of a national mobile number without its trunk 0, 4 to 14 (default 10)",
+                ge=4,
+                le=14,
+            ),
+        ]
+        | None
+    ) = None
+    storage_options: Annotated[
+        dict[str, str | bool | int],
+        key(
             'a table of non-secret object-storage settings such as { aws_region = "eu-west-1" } '
-            "(credentials come from the environment)",
-            lambda v: all(isinstance(x, str | bool | int) for x in v.values()),
+            "(credentials come from the environment)"
         ),
-        "sheet": _Key(
-            (str, int),
-            "an Excel sheet's name, or its index from 0 (default 0, the first)",
-            lambda v: bool(v) if isinstance(v, str) else v >= 0,
-        ),
-    },
-    "api": {
-        "base_url": _Key(
-            str,
-            'an https:// URL such as "https://eu.api.capillarytech.com", or "simulator"',
-            required=True,
-        ),
-        "auth": _Key(str, "basic or oauth", ("basic", "oauth").__contains__),
-        "rate": _Key(str, 'a quota such as "1000/minute" or "20/second"'),
-        "max_in_flight": _Key(
-            int, "an integer from 1 to 256", lambda v: _positive_int(v) and v <= 256
-        ),
-        "customers_per_request": _Key(int, "a positive integer", _positive_int),
-        "programs_per_customer": _Key(int, "a positive integer", _positive_int),
-        "timeout_seconds": _Key((int, float), "a positive number of seconds", _positive_number),
-        "connect_timeout_seconds": _Key(
-            (int, float), "a positive number of seconds", _positive_number
-        ),
-        "throttle_statuses": _Key(
-            list,
-            "a list of HTTP statuses (integers 400-599), such as [429]",
-            lambda v: all(isinstance(s, int) and 400 <= s <= 599 for s in v),
-        ),
-        "token_refresh_margin_seconds": _Key(
-            (int, float), "a non-negative number of seconds", lambda v: v >= 0
-        ),
-        "expect_org_id": _Key(
-            int, "the org id the credentials must act on (a positive integer)", _positive_int
-        ),
-    },
-    "safety": {
-        "stop_if_failed_share": _Key(
-            (int, float),
-            "a share above 0 and at most 1, such as 0.9 (1 turns the early stop off)",
-            lambda v: 0 < v <= 1,
-        ),
-        "stop_after_pairs": _Key(int, "a positive number of answered pairs", _positive_int),
-        "max_pairs": _Key(int, "a positive number of pairs", _positive_int),
-    },
-    "retry": {
-        "max_attempts": _Key(
-            int, "an integer from 1 to 100", lambda v: _positive_int(v) and v <= 100
-        ),
-        "backoff_base_seconds": _Key(
-            (int, float), "a positive number of seconds", _positive_number
-        ),
-        "backoff_max_seconds": _Key((int, float), "a positive number of seconds", _positive_number),
-        "give_up_after_seconds": _Key(
-            (int, float), "a positive number of seconds", _positive_number
-        ),
-    },
-    "output": {
-        "dir": _Key(
-            str,
+    ] = msgspec.field(default_factory=dict)
+    sheet: Annotated[
+        Annotated[str, msgspec.Meta(min_length=1)] | Annotated[int, msgspec.Meta(ge=0)],
+        key("an Excel sheet's name, or its index from 0 (default 0, the first)"),
+    ] = 0
+
+
+class _Api(Table):
+    base_url: Annotated[str, key(_BASE_URL)]
+    auth: Annotated[AuthKind, key("basic or oauth")] = "basic"
+    rate: Annotated[str, key(_RATE)] = "1000/minute"
+    max_in_flight: Annotated[int, key("an integer from 1 to 256", ge=1, le=256)] = 8
+    customers_per_request: Annotated[int, key("a positive integer", gt=0)] = 50
+    programs_per_customer: Annotated[int, key("a positive integer", gt=0)] = 50
+    timeout_seconds: Seconds = 30.0
+    connect_timeout_seconds: Seconds = 10.0
+    throttle_statuses: Annotated[
+        tuple[Annotated[int, msgspec.Meta(ge=400, le=599)], ...],
+        key("a list of HTTP statuses (integers 400-599), such as [429]"),
+    ] = (429,)
+    token_refresh_margin_seconds: Annotated[
+        float, key("a non-negative number of seconds", ge=0)
+    ] = 30.0
+    expect_org_id: (
+        Annotated[int, key("the org id the credentials must act on (a positive integer)", gt=0)]
+        | None
+    ) = None
+
+
+class _Retry(Table):
+    max_attempts: Annotated[int, key("an integer from 1 to 100", ge=1, le=100)] = 6
+    backoff_base_seconds: Seconds = 0.5
+    backoff_max_seconds: Seconds = 30.0
+    give_up_after_seconds: Seconds = 600.0
+
+
+class _Safety(Table):
+    stop_if_failed_share: Annotated[
+        float,
+        key("a share above 0 and at most 1, such as 0.9 (1 turns the early stop off)", gt=0, le=1),
+    ] = 0.9
+    stop_after_pairs: Annotated[int, key("a positive number of answered pairs", gt=0)] = 200
+    max_pairs: Annotated[int, key("a positive number of pairs", gt=0)] | None = None
+
+
+class _Output(Table):
+    dir: Annotated[
+        str,
+        key(
             "a folder path (relative to the working directory), or an s3://, gs://, az:// URL "
             "to upload the results to",
-            bool,
+            min_length=1,
         ),
-        "staging_dir": _Key(
+    ] = "output"
+    staging_dir: (
+        Annotated[
             str,
-            "the local folder a run works in when dir is a URL (default output)",
-            bool,
-        ),
-    },
-    "simulator": {
-        "profile": _Key(str, "a simulator profile TOML file, relative to the job file", bool),
-    },
-    "notify": {
-        "urls": _Key(
-            list,
+            key("the local folder a run works in when dir is a URL (default output)", min_length=1),
+        ]
+        | None
+    ) = None
+
+
+class _Simulator(Table):
+    profile: (
+        Annotated[str, key("a simulator profile TOML file, relative to the job file", min_length=1)]
+        | None
+    ) = None
+
+
+class _Notify(Table):
+    urls: Annotated[
+        tuple[Annotated[str, msgspec.Meta(pattern="://")], ...],
+        key(
             'a list of Apprise URLs such as ["slack://${SLACK_TOKEN}/#ops", '
-            '"json://host:8080/hook"]; secrets as ${VAR}, read from the environment',
-            lambda v: all(isinstance(u, str) and "://" in u for u in v),
+            '"json://host:8080/hook"]; secrets as ${VAR}, read from the environment'
         ),
-        "on": _Key(
-            list,
-            'a list of "finished", "stopped", "failed" (default all three)',
-            lambda v: all(e in NOTIFY_EVENTS for e in v),
-        ),
-    },
-    "metrics": {
-        "textfile": _Key(
+    ] = ()
+    on: Annotated[
+        tuple[NotifyEvent, ...],
+        key('a list of "finished", "stopped", "failed" (default all three)'),
+    ] = NOTIFY_EVENTS
+
+
+class _Metrics(Table):
+    textfile: (
+        Annotated[
             str,
-            "a .prom file path for node_exporter's textfile collector, relative to the job file",
-            lambda v: v.endswith(".prom"),
-        ),
-        "pushgateway": _Key(
+            key(
+                "a .prom file path for node_exporter's textfile collector, relative to the job "
+                "file",
+                pattern=r"\.prom\Z",
+            ),
+        ]
+        | None
+    ) = None
+    pushgateway: (
+        Annotated[
             str,
-            'a Prometheus Pushgateway URL such as "http://pushgateway:9091"',
-            lambda v: v.startswith(("http://", "https://")),
+            key(
+                'a Prometheus Pushgateway URL such as "http://pushgateway:9091"',
+                pattern="^https?://",
+            ),
+        ]
+        | None
+    ) = None
+
+
+class _JobFile(Table):
+    name: Annotated[
+        str,
+        key(
+            "a name of letters, digits, '.', '_' or '-' (at most 100, starting with a letter or "
+            "digit); it becomes a folder under the output dir",
+            pattern=r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z",
         ),
-    },
-}
+    ]
+    input: _Input
+    api: _Api
+    safety: _Safety = msgspec.field(default_factory=_Safety)
+    retry: _Retry = msgspec.field(default_factory=_Retry)
+    output: _Output = msgspec.field(default_factory=_Output)
+    simulator: _Simulator = msgspec.field(default_factory=_Simulator)
+    notify: _Notify = msgspec.field(default_factory=_Notify)
+    metrics: _Metrics = msgspec.field(default_factory=_Metrics)
 
 
 def _fail(path: Path, key: str, problem: str, allowed: str | None = None) -> JobError:
@@ -457,58 +468,43 @@ def _fail(path: Path, key: str, problem: str, allowed: str | None = None) -> Job
     return JobError(text + (f"; allowed: {allowed}." if allowed else "."))
 
 
-def _unknown_section(path: Path, name: str) -> JobError:
-    """A table the schema does not know: usually a typo, so name the likely one."""
-    import difflib
-
-    known = [s for s in _SCHEMA if s]
-    guess = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    hint = f"; did you mean [{guess[0]}]?" if guess else "."
-    listed = ", ".join(f"[{s}]" for s in known)
-    return JobError(
-        f"Job file {path}: section [{name}] is not a known section; allowed sections: "
-        f"{listed}{hint}"
-    )
-
-
-def _check_section(path: Path, section: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    schema = _SCHEMA[section]
-    prefix = f"{section}." if section else ""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        full = prefix + key
-        if key not in schema:
-            if _SECRET_KEY_RE.search(key):
-                raise JobError(
-                    f"Job file {path}: key '{full}' looks like a secret, and secrets never go in "
-                    "a job file.",
-                    hint="Set them in the environment instead: CAPILLARY_USERNAME and "
-                    'CAPILLARY_PASSWORD (or CAPILLARY_PASSWORD_MD5) for auth = "basic", '
-                    'CAPILLARY_CLIENT_KEY and CAPILLARY_CLIENT_SECRET for auth = "oauth".',
-                )
-            raise _fail(
-                path, full, "is not a known key", ", ".join(sorted(prefix + k for k in schema))
-            )
-        spec = schema[key]
-        kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            raise _fail(path, full, f"has the wrong type ({type(value).__name__})", spec.allowed)
-        if spec.check is not None and not spec.check(value):
-            raise _fail(path, full, f"has a bad value {value!r}", spec.allowed)
-        out[key] = value
-    for key, spec in schema.items():
-        if spec.required and key not in out:
-            raise _fail(path, prefix + key, "is missing", spec.allowed)
-    return out
-
-
-def parse_quota(text: str) -> Quota:
-    """Parse "1000/minute" or "20/second" (also /s, /sec, /m, /min)."""
-    m = _RATE_RE.match(text)
-    if not m or float(m.group(1)) <= 0:
-        raise ValueError(text)
-    period_s = 1.0 if m.group(2).lower().startswith("s") else 60.0
-    return Quota(float(m.group(1)), period_s)
+def _error(path: Path, p: Problem) -> JobError:
+    """A Problem in today's words: file, dotted key, what is wrong, what is allowed."""
+    section, _, name = p.key.rpartition(".")
+    if p.kind == "unknown" and _SECRET_KEY_RE.search(name):
+        return JobError(
+            f"Job file {path}: key '{p.key}' looks like a secret, and secrets never go in "
+            "a job file.",
+            hint="Set them in the environment instead: CAPILLARY_USERNAME and "
+            'CAPILLARY_PASSWORD (or CAPILLARY_PASSWORD_MD5) for auth = "basic", '
+            'CAPILLARY_CLIENT_KEY and CAPILLARY_CLIENT_SECRET for auth = "oauth".',
+        )
+    if p.kind == "unknown" and not section and isinstance(p.value, dict):
+        # A table the schema does not know: usually a typo, so name the likely one.
+        known = list(sections(_JobFile))
+        guess = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean [{guess[0]}]?" if guess else "."
+        listed = ", ".join(f"[{s}]" for s in known)
+        return JobError(
+            f"Job file {path}: section [{name}] is not a known section; allowed sections: "
+            f"{listed}{hint}"
+        )
+    if p.kind == "unknown":
+        prefix = f"{section}." if section else ""
+        known = [k for k in keys(p.table) if k not in sections(p.table)]
+        return _fail(
+            path, p.key, "is not a known key", ", ".join(sorted(prefix + k for k in known))
+        )
+    if p.is_section and p.kind == "missing":
+        needed = " and ".join(required(sections(p.table)[name]))
+        return _fail(path, "", f"has no [{name}] table", f"[{name}] with at least {needed}")
+    if p.is_section:
+        return _fail(path, p.key, f"must be a table ([{p.key}])")
+    if p.kind == "missing":
+        return _fail(path, p.key, "is missing", p.allowed)
+    if p.kind == "type":
+        return _fail(path, p.key, f"has the wrong type ({type(p.value).__name__})", p.allowed)
+    return _fail(path, p.key, f"has a bad value {p.value!r}", p.allowed)
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -528,7 +524,7 @@ def _check_base_url(path: Path, url: str) -> None:
 
     if url == SIMULATOR:
         return
-    allowed = 'an https:// URL such as "https://eu.api.capillarytech.com", or "simulator"'
+    allowed = _BASE_URL
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - a bad port raises here, not at the first request
@@ -573,21 +569,6 @@ def _check_base_url(path: Path, url: str) -> None:
         )
 
 
-def read_toml(path: Path, what: str, error: type[JobError], *, example: str) -> dict[str, Any]:
-    """A TOML file's tables; a missing, unreadable or malformed file is `error` (exit 2)."""
-    if not path.is_file():
-        raise error(
-            f"{what} {path} does not exist or is not a file.",
-            hint=f"Pass the path of a TOML file, such as {example}.",
-        )
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise error(f"{what} {path} cannot be read: {e}.") from e
-    except tomllib.TOMLDecodeError as e:
-        raise error(f"{what} {path} is not valid TOML: {e}.") from e
-
-
 def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
     """Read and check a job file; every problem is a JobError naming the file and the key.
 
@@ -598,76 +579,47 @@ def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
     raw = read_toml(job_path, "Job file", JobError, example="jobs/demo.toml")
     if as_path is not None:
         job_path = as_path
-
-    sections: dict[str, dict[str, Any]] = {}
-    top: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in _SCHEMA and key != "":
-            if not isinstance(value, dict):
-                raise _fail(job_path, key, "must be a table ([" + key + "])", None)
-            sections[key] = value
-        elif isinstance(value, dict):
-            raise _unknown_section(job_path, key)
-        else:
-            top[key] = value
-    top_checked = _check_section(job_path, "", top)
-    if "input" not in sections:
-        raise _fail(job_path, "", "has no [input] table", "[input] with at least path")
-    if "api" not in sections:
-        raise _fail(job_path, "", "has no [api] table", "[api] with at least base_url")
-    inp = _check_section(job_path, "input", sections["input"])
-    api = _check_section(job_path, "api", sections["api"])
-    retry = _check_section(job_path, "retry", sections.get("retry", {}))
-    output = _check_section(job_path, "output", sections.get("output", {}))
-    sim = _check_section(job_path, "simulator", sections.get("simulator", {}))
-    safety = _check_section(job_path, "safety", sections.get("safety", {}))
-    notify = _check_section(job_path, "notify", sections.get("notify", {}))
-    metrics = _check_section(job_path, "metrics", sections.get("metrics", {}))
-
-    base_url = api["base_url"].rstrip("/") if api["base_url"] != SIMULATOR else SIMULATOR
-    _check_base_url(job_path, base_url)
-    rate_text = api.get("rate", "1000/minute")
     try:
-        quota = parse_quota(rate_text)
+        f = convert(raw, _JobFile)
+    except Problem as p:
+        raise _error(job_path, p) from None
+    inp, api, retry, output = f.input, f.api, f.retry, f.output
+
+    base_url = api.base_url.rstrip("/") if api.base_url != SIMULATOR else SIMULATOR
+    _check_base_url(job_path, base_url)
+    try:
+        quota = parse_rate(api.rate)
     except ValueError:
-        raise _fail(
-            job_path, "api.rate", f"has a bad value {rate_text!r}", _SCHEMA["api"]["rate"].allowed
-        ) from None
-    backoff_base = float(retry.get("backoff_base_seconds", 0.5))
-    backoff_max = float(retry.get("backoff_max_seconds", 30.0))
-    if backoff_max < backoff_base:
+        raise _fail(job_path, "api.rate", f"has a bad value {api.rate!r}", _RATE) from None
+    if retry.backoff_max_seconds < retry.backoff_base_seconds:
         raise _fail(
             job_path,
             "retry.backoff_max_seconds",
-            f"({backoff_max:g}) is below retry.backoff_base_seconds ({backoff_base:g})",
+            f"({retry.backoff_max_seconds:g}) is below retry.backoff_base_seconds "
+            f"({retry.backoff_base_seconds:g})",
             "a value at least the base",
         )
-
-    identifier: Identifier = inp.get("identifier", "mobile")
-    for key in ("default_country_code", "national_mobile_digits"):
-        if key in inp and identifier != "mobile":
+    for name in ("default_country_code", "national_mobile_digits"):
+        if getattr(inp, name) is not None and inp.identifier != "mobile":
             raise _fail(
                 job_path,
-                f"input.{key}",
-                f"applies to mobiles only, and input.identifier is {identifier!r}",
+                f"input.{name}",
+                f"applies to mobiles only, and input.identifier is {inp.identifier!r}",
                 'remove it, or set input.identifier = "mobile"',
             )
-    options = dict(inp.get("storage_options", {}))
-    for key in options:
-        if _STORAGE_SECRET_RE.search(key):
+    for name in inp.storage_options:
+        if _STORAGE_SECRET_RE.search(name):
             raise JobError(
-                f"Job file {job_path}: key 'input.storage_options.{key}' looks like a secret, "
+                f"Job file {job_path}: key 'input.storage_options.{name}' looks like a secret, "
                 "and secrets never go in a job file.",
                 hint="Set the cloud's standard environment variables instead (for S3: "
                 "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN or AWS_PROFILE).",
             )
-    output_dir_text = output.get("dir", "output")
-    output_url = None
-    if _is_object_url(output_dir_text):
-        _check_output_url(job_path, output_dir_text)
-        output_url = output_dir_text.rstrip("/")
-        output_dir_text = output.get("staging_dir", "output")
-    elif "staging_dir" in output:
+    output_dir_text, output_url = output.dir, None
+    if _is_object_url(output.dir):
+        _check_output_url(job_path, output.dir)
+        output_dir_text, output_url = output.staging_dir or "output", output.dir.rstrip("/")
+    elif output.staging_dir is not None:
         raise _fail(
             job_path,
             "output.staging_dir",
@@ -675,8 +627,8 @@ def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
             "remove it, or set output.dir to an s3://, gs:// or az:// URL",
         )
     profile: Path | None = None
-    if "profile" in sim:
-        profile = (job_path.parent / sim["profile"]).resolve()
+    if f.simulator.profile is not None:
+        profile = (job_path.parent / f.simulator.profile).resolve()
         if not profile.is_file():
             raise _fail(
                 job_path,
@@ -686,56 +638,55 @@ def load_job(path: str | Path, *, as_path: Path | None = None) -> Job:
             )
 
     return Job(
-        name=top_checked["name"],
+        name=f.name,
         path=job_path,
         input=InputSettings(
-            path=inp["path"],
-            identifier=identifier,
-            identifier_column=inp.get("identifier_column", identifier),
-            program_column=inp.get("program_column", "partner_program_name"),
-            separator=inp.get("separator", ","),
-            encoding=inp.get("encoding", "utf8"),
-            default_country_code=inp.get("default_country_code"),
-            national_mobile_digits=inp.get("national_mobile_digits", 10),
+            path=inp.path,
+            identifier=inp.identifier,
+            identifier_column=inp.identifier_column or inp.identifier,
+            program_column=inp.program_column,
+            separator=inp.separator,
+            encoding=inp.encoding,
+            default_country_code=inp.default_country_code,
+            national_mobile_digits=inp.national_mobile_digits or 10,
             storage_options={
-                k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in options.items()
+                k: (str(v).lower() if isinstance(v, bool) else str(v))
+                for k, v in inp.storage_options.items()
             },
-            sheet=inp.get("sheet", 0),
+            sheet=inp.sheet,
         ),
         api=ApiSettings(
             base_url=base_url,
-            auth=api.get("auth", "basic"),
+            auth=api.auth,
             quota=quota,
-            max_in_flight=api.get("max_in_flight", 8),
-            customers_per_request=api.get("customers_per_request", 50),
-            programs_per_customer=api.get("programs_per_customer", 50),
-            timeout_s=float(api.get("timeout_seconds", 30)),
-            connect_timeout_s=float(api.get("connect_timeout_seconds", 10)),
-            throttle_statuses=tuple(api.get("throttle_statuses", [429])),
-            token_refresh_margin_s=float(api.get("token_refresh_margin_seconds", 30)),
-            expect_org_id=api.get("expect_org_id"),
+            max_in_flight=api.max_in_flight,
+            customers_per_request=api.customers_per_request,
+            programs_per_customer=api.programs_per_customer,
+            timeout_s=api.timeout_seconds,
+            connect_timeout_s=api.connect_timeout_seconds,
+            throttle_statuses=api.throttle_statuses,
+            token_refresh_margin_s=api.token_refresh_margin_seconds,
+            expect_org_id=api.expect_org_id,
         ),
         retry=RetrySettings(
-            max_attempts=retry.get("max_attempts", 6),
-            backoff_base_s=backoff_base,
-            backoff_max_s=backoff_max,
-            give_up_after_s=float(retry.get("give_up_after_seconds", 600.0)),
+            max_attempts=retry.max_attempts,
+            backoff_base_s=retry.backoff_base_seconds,
+            backoff_max_s=retry.backoff_max_seconds,
+            give_up_after_s=retry.give_up_after_seconds,
         ),
         output_dir=Path(output_dir_text).expanduser().resolve(),
         simulator_profile=profile,
         safety=SafetySettings(
-            stop_if_failed_share=float(safety.get("stop_if_failed_share", 0.9)),
-            stop_after_pairs=safety.get("stop_after_pairs", 200),
-            max_pairs=safety.get("max_pairs"),
+            stop_if_failed_share=f.safety.stop_if_failed_share,
+            stop_after_pairs=f.safety.stop_after_pairs,
+            max_pairs=f.safety.max_pairs,
         ),
         output_url=output_url,
-        notify=NotifySettings(
-            urls=tuple(notify.get("urls", ())), on=tuple(notify.get("on", NOTIFY_EVENTS))
-        ),
+        notify=NotifySettings(urls=f.notify.urls, on=f.notify.on),
         metrics=MetricsSettings(
-            textfile=(job_path.parent / metrics["textfile"]).resolve()
-            if "textfile" in metrics
+            textfile=(job_path.parent / f.metrics.textfile).resolve()
+            if f.metrics.textfile is not None
             else None,
-            pushgateway=metrics.get("pushgateway"),
+            pushgateway=f.metrics.pushgateway,
         ),
     )

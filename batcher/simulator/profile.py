@@ -78,7 +78,7 @@ from pathlib import Path
 from typing import Any
 
 from batcher.errors import JobError
-from batcher.job import read_toml
+from batcher.settings import read_toml
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 DEMO_PROFILE = PROFILES_DIR / "demo.toml"
