@@ -71,42 +71,36 @@ poison_identifiers = []             # a request holding one answers a whole-requ
 from __future__ import annotations
 
 import dataclasses
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import msgspec
 
 from batcher.errors import JobError
-from batcher.settings import read_toml
+from batcher.settings import (
+    Problem,
+    Quota,
+    Table,
+    convert,
+    key,
+    keys,
+    parse_rate,
+    read_toml,
+    sections,
+)
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 DEMO_PROFILE = PROFILES_DIR / "demo.toml"
-
-_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|m|min|minute)\s*$", re.IGNORECASE)
 
 
 class ProfileError(JobError):
     """A simulator profile is unusable (exit 2)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """A quota: `requests` per `period_s` seconds."""
-
-    requests: int
-    period_s: float
-
-    def __str__(self) -> str:
-        return f"{self.requests}/{'second' if self.period_s == 1 else 'minute'}"
-
-
-def parse_rate(text: str) -> Rate:
-    """Parse "3000/minute" or "50/second"; ValueError otherwise."""
-    m = _RATE_RE.match(text)
-    if not m or int(m.group(1)) <= 0:
-        raise ValueError(text)
-    return Rate(int(m.group(1)), 1.0 if m.group(2).lower().startswith("s") else 60.0)
+# A quota: `requests` per `period_s` seconds, parsed by the same parser as the job's rate.
+Rate = Quota
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,204 +208,122 @@ class Profile:
         return dataclasses.replace(self, **changes)
 
 
-# --- reading and checking -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Key:
-    attr: str
-    allowed: str
-    convert: Callable[[Any], Any]  # raises ValueError/TypeError on a bad value
-
-
-def _int_in(lo: int, hi: int) -> Callable[[Any], int]:
-    def convert(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise ValueError(v)
-        return v
-
-    return convert
-
-
-def _number_in(lo: float, hi: float) -> Callable[[Any], float]:
-    def convert(v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
-            raise ValueError(v)
-        return float(v)
-
-    return convert
-
-
-def _one_of(*choices: str) -> Callable[[Any], str]:
-    def convert(v: Any) -> str:
-        if v not in choices:
-            raise ValueError(v)
-        return str(v)
-
-    return convert
-
-
-def _one_int(*choices: int) -> Callable[[Any], int]:
-    def convert(v: Any) -> int:
-        if isinstance(v, bool) or v not in choices:
-            raise ValueError(v)
-        return int(v)
-
-    return convert
-
-
-def _text(v: Any) -> str:
-    if not isinstance(v, str) or not v:
-        raise ValueError(v)
-    return v
-
-
-def _country_code(v: Any) -> str:
-    if not isinstance(v, str) or not re.fullmatch(r"[1-9][0-9]{0,3}", v):
-        raise ValueError(v)
-    return v
-
-
-def _flag(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise ValueError(v)
-    return v
-
-
-def _rate(v: Any) -> Rate:
-    if not isinstance(v, str):
-        raise ValueError(v)
-    return parse_rate(v)
-
-
-def _int_list(lo: int, hi: int) -> Callable[[Any], tuple[int, ...]]:
-    item = _int_in(lo, hi)
-
-    def convert(v: Any) -> tuple[int, ...]:
-        if not isinstance(v, list) or not v:
-            raise ValueError(v)
-        return tuple(item(x) for x in v)
-
-    return convert
-
-
-def _names(v: Any) -> tuple[str, ...]:
-    if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
-        raise ValueError(v)
-    return tuple(v)
-
-
-def _program_count(v: Any) -> tuple[str, ...]:
-    """program_count = N means the programs partner-01 .. partner-N."""
-    return tuple(f"partner-{j:02d}" for j in range(1, _int_in(1, 1000)(v) + 1))
-
-
-def _identifiers(v: Any) -> frozenset[str]:
-    if not isinstance(v, list) or not all(isinstance(x, str | int) for x in v):
-        raise ValueError(v)
-    return frozenset(str(x).strip().lower() for x in v)
-
+# --- the file's schema (batcher/settings.py: how a mistake becomes a Problem) -----------------
 
 _P = "a probability from 0 to 1"
-_SCHEMA: dict[str, dict[str, _Key]] = {
-    "": {
-        "seed": _Key("seed", "an integer", _int_in(-(2**63), 2**63 - 1)),
-        "response_shape": _Key("response_shape", "current or legacy", _one_of("current", "legacy")),
-        "shuffle_items": _Key("shuffle_items", "true or false", _flag),
-        "max_customers_per_request": _Key(
-            "max_customers_per_request", "a positive integer", _int_in(1, 1_000_000)
-        ),
-        "max_programs_per_customer": _Key(
-            "max_programs_per_customer", "a positive integer", _int_in(1, 1_000_000)
-        ),
-        "mobile_min_digits": _Key("mobile_min_digits", "an integer from 1 to 32", _int_in(1, 32)),
-        "mobile_max_digits": _Key("mobile_max_digits", "an integer from 1 to 32", _int_in(1, 32)),
-        "unknown_customer_programs": _Key(
-            "unknown_customer_programs", "empty or echo", _one_of("empty", "echo")
-        ),
-        "default_country_code": _Key(
-            "default_country_code", 'a country code of 1 to 4 digits, such as "91"', _country_code
-        ),
-        "national_mobile_digits": _Key(
-            "national_mobile_digits", "an integer from 4 to 14", _int_in(4, 14)
-        ),
-        "stored_email_case": _Key("stored_email_case", "lower or mixed", _one_of("lower", "mixed")),
-        "answer_identifiers": _Key("answer_identifiers", "stored or id", _one_of("stored", "id")),
-        "org_id": _Key("org_id", "a positive integer", _int_in(1, 2**63 - 1)),
-        "org_headers": _Key("org_headers", "true or false", _flag),
-    },
-    "auth": {
-        "basic_username": _Key("basic_username", "a non-empty string", _text),
-        "basic_password": _Key("basic_password", "a non-empty string", _text),
-        "oauth_key": _Key("oauth_key", "a non-empty string", _text),
-        "oauth_secret": _Key("oauth_secret", "a non-empty string", _text),
-        "token_ttl_seconds": _Key(
-            "token_ttl_s", "a positive number of seconds", _number_in(1e-3, 10 * 365 * 86400)
-        ),
-        "expired_token_status": _Key("expired_token_status", "401 or 498", _one_int(401, 498)),
-    },
-    "state": {
-        "customers": _Key("customers", "an integer from 0 to 100000000", _int_in(0, 100_000_000)),
-        "programs": _Key("programs", "a non-empty list of program names", _names),
-        "program_count": _Key("programs", "an integer from 1 to 1000", _program_count),
-        "link_probability": _Key("link_probability", _P, _number_in(0, 1)),
-        "file": _Key("file", "a CSV or Parquet file of links, relative to the profile", _text),
-    },
-    "quota": {
-        "rate": _Key("rate", 'a quota such as "3000/minute" or "50/second"', _rate),
-        "window": _Key("window", "fixed or sliding", _one_of("fixed", "sliding")),
-        "status": _Key("status", "an HTTP status from 400 to 599", _int_in(400, 599)),
-        "retry_after": _Key(
-            "retry_after", "seconds, http-date or none", _one_of("seconds", "http-date", "none")
-        ),
-        "body": _Key("body", "json, html or empty", _one_of("json", "html", "empty")),
-    },
-    "slowdown": {
-        "rate": _Key("rate", 'a quota such as "10/second"', _rate),
-        "after_requests": _Key("after_requests", "a non-negative integer", _int_in(0, 2**62)),
-        "after_seconds": _Key("after_s", "a non-negative number of seconds", _number_in(0, 1e9)),
-    },
-    "latency": {
-        "fixed_ms": _Key(
-            "fixed_ms", "a number of milliseconds from 0 to 600000", _number_in(0, 6e5)
-        ),
-        "spread_ms": _Key(
-            "spread_ms", "a number of milliseconds from 0 to 600000", _number_in(0, 6e5)
-        ),
-    },
-    "faults": {
-        "throttle": _Key("throttle", _P, _number_in(0, 1)),
-        "server_error": _Key("server_error", _P, _number_in(0, 1)),
-        "server_error_statuses": _Key(
-            "server_error_statuses", "a list of HTTP statuses from 500 to 599", _int_list(500, 599)
-        ),
-        "server_error_html_share": _Key("server_error_html_share", _P, _number_in(0, 1)),
-        "hang": _Key("hang", _P, _number_in(0, 1)),
-        "hang_seconds": _Key("hang_s", "a positive number of seconds", _number_in(1e-3, 1e6)),
-        "disconnect_before": _Key("disconnect_before", _P, _number_in(0, 1)),
-        "disconnect_after": _Key("disconnect_after", _P, _number_in(0, 1)),
-        "malformed_json": _Key("malformed_json", _P, _number_in(0, 1)),
-        "item_transient": _Key("item_transient", _P, _number_in(0, 1)),
-        "item_transient_codes": _Key(
-            "item_transient_codes", "a list of item codes such as [521, 2010]", _int_list(1, 10**6)
-        ),
-        "item_omitted": _Key("item_omitted", _P, _number_in(0, 1)),
-        "item_omitted_processed_share": _Key("item_omitted_processed_share", _P, _number_in(0, 1)),
-        "poison_identifiers": _Key(
-            "poison_identifiers", "a list of identifier values (strings)", _identifiers
-        ),
-    },
-}
+Probability = Annotated[float, key(_P, ge=0, le=1)]
+Text = Annotated[str, key("a non-empty string", min_length=1)]
+Flag = Annotated[bool, key("true or false")]
+Positive = Annotated[int, key("a positive integer", ge=1, le=1_000_000)]
+MobileDigits = Annotated[int, key("an integer from 1 to 32", ge=1, le=32)]
+_RATE = 'a quota such as "3000/minute" or "50/second"'
 
-_SECTIONS: dict[str, type[Any]] = {
-    "auth": Credentials,
-    "state": StateSettings,
-    "quota": QuotaSettings,
-    "slowdown": SlowdownSettings,
-    "latency": LatencySettings,
-    "faults": FaultSettings,
-}
-_FIELD_OF_SECTION = {"auth": "credentials"}
+
+class _Auth(Table):
+    basic_username: Text = "demo.till"
+    basic_password: Text = "demo-password"
+    oauth_key: Text = "demo-key"
+    oauth_secret: Text = "demo-secret"
+    token_ttl_seconds: Annotated[
+        float, key("a positive number of seconds", ge=1e-3, le=10 * 365 * 86400)
+    ] = 300.0
+    expired_token_status: Annotated[Literal[401, 498], key("401 or 498")] = 401
+
+
+class _State(Table):
+    customers: Annotated[int, key("an integer from 0 to 100000000", ge=0, le=100_000_000)] = 2000
+    programs: (
+        Annotated[
+            tuple[Annotated[str, msgspec.Meta(min_length=1)], ...],
+            key("a non-empty list of program names", min_length=1),
+        ]
+        | None
+    ) = None
+    program_count: Annotated[int, key("an integer from 1 to 1000", ge=1, le=1000)] | None = None
+    link_probability: Probability = 1.0
+    file: (
+        Annotated[str, key("a CSV or Parquet file of links, relative to the profile", min_length=1)]
+        | None
+    ) = None
+
+
+class _Quota(Table):
+    rate: Annotated[str, key(_RATE)] | None = None
+    window: Annotated[Literal["fixed", "sliding"], key("fixed or sliding")] = "fixed"
+    status: Annotated[int, key("an HTTP status from 400 to 599", ge=400, le=599)] = 429
+    retry_after: Annotated[
+        Literal["seconds", "http-date", "none"], key("seconds, http-date or none")
+    ] = "seconds"
+    body: Annotated[Literal["json", "html", "empty"], key("json, html or empty")] = "json"
+
+
+class _Slowdown(Table):
+    rate: Annotated[str, key('a quota such as "10/second"')] | None = None
+    after_requests: Annotated[int, key("a non-negative integer", ge=0, le=2**62)] | None = None
+    after_seconds: (
+        Annotated[float, key("a non-negative number of seconds", ge=0, le=1e9)] | None
+    ) = None
+
+
+class _Latency(Table):
+    fixed_ms: Annotated[float, key("a number of milliseconds from 0 to 600000", ge=0, le=6e5)] = 0.0
+    spread_ms: Annotated[float, key("a number of milliseconds from 0 to 600000", ge=0, le=6e5)] = (
+        0.0
+    )
+
+
+class _Faults(Table):
+    throttle: Probability = 0.0
+    server_error: Probability = 0.0
+    server_error_statuses: Annotated[
+        tuple[Annotated[int, msgspec.Meta(ge=500, le=599)], ...],
+        key("a list of HTTP statuses from 500 to 599", min_length=1),
+    ] = (500, 502, 503)
+    server_error_html_share: Probability = 0.5
+    hang: Probability = 0.0
+    hang_seconds: Annotated[float, key("a positive number of seconds", ge=1e-3, le=1e6)] = 3600.0
+    disconnect_before: Probability = 0.0
+    disconnect_after: Probability = 0.0
+    malformed_json: Probability = 0.0
+    item_transient: Probability = 0.0
+    item_transient_codes: Annotated[
+        tuple[Annotated[int, msgspec.Meta(ge=1, le=10**6)], ...],
+        key("a list of item codes such as [521, 2010]", min_length=1),
+    ] = (521, 2010)
+    item_omitted: Probability = 0.0
+    item_omitted_processed_share: Probability = 0.5
+    poison_identifiers: Annotated[
+        tuple[str | int, ...], key("a list of identifier values (strings)")
+    ] = ()
+
+
+class _ProfileFile(Table):
+    seed: Annotated[int, key("an integer", ge=-(2**63), le=2**63 - 1)] = 0
+    response_shape: Annotated[Literal["current", "legacy"], key("current or legacy")] = "current"
+    shuffle_items: Flag = False
+    max_customers_per_request: Positive = 50
+    max_programs_per_customer: Positive = 50
+    mobile_min_digits: MobileDigits = 10
+    mobile_max_digits: MobileDigits = 15
+    unknown_customer_programs: Annotated[Literal["empty", "echo"], key("empty or echo")] = "empty"
+    default_country_code: (
+        Annotated[
+            str,
+            key('a country code of 1 to 4 digits, such as "91"', pattern=r"^[1-9][0-9]{0,3}\Z"),
+        ]
+        | None
+    ) = None
+    national_mobile_digits: Annotated[int, key("an integer from 4 to 14", ge=4, le=14)] = 10
+    stored_email_case: Annotated[Literal["lower", "mixed"], key("lower or mixed")] = "lower"
+    answer_identifiers: Annotated[Literal["stored", "id"], key("stored or id")] = "stored"
+    org_id: Annotated[int, key("a positive integer", ge=1, le=2**63 - 1)] = 50001
+    org_headers: Flag = True
+    auth: _Auth = msgspec.field(default_factory=_Auth)
+    state: _State = msgspec.field(default_factory=_State)
+    quota: _Quota = msgspec.field(default_factory=_Quota)
+    slowdown: _Slowdown = msgspec.field(default_factory=_Slowdown)
+    latency: _Latency = msgspec.field(default_factory=_Latency)
+    faults: _Faults = msgspec.field(default_factory=_Faults)
 
 
 def _fail(where: str, key: str, problem: str, allowed: str | None = None) -> ProfileError:
@@ -423,69 +335,136 @@ def _fail(where: str, key: str, problem: str, allowed: str | None = None) -> Pro
     return ProfileError(text + (f"; allowed: {allowed}." if allowed else "."))
 
 
-def _check(where: str, section: str, values: object) -> dict[str, Any]:
-    schema = _SCHEMA[section]
-    prefix = f"{section}." if section else ""
-    if not isinstance(values, Mapping):
-        raise _fail(
-            where, section, "must be a table", f"[{section}] with keys " + ", ".join(schema)
+def _error(where: str, p: Problem) -> ProfileError:
+    """A Problem in today's words: file, dotted key, a bad value, what is allowed."""
+    section, _, name = p.key.rpartition(".")
+    tables = sections(p.table)
+    if p.kind == "unknown":
+        prefix = f"{section}." if section else ""
+        listed = ", ".join(prefix + k for k in keys(p.table) if k not in tables)
+        if not section:
+            listed += ", and the tables " + ", ".join(f"[{s}]" for s in tables)
+        return _fail(where, p.key, "is not a known key", listed)
+    if name in tables:
+        return _fail(
+            where, p.key, "must be a table", f"[{name}] with keys " + ", ".join(keys(tables[name]))
         )
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if section == "" and key in _SECTIONS:
-            continue
-        if key not in schema:
-            allowed = ", ".join(prefix + k for k in schema)
-            if section == "":
-                allowed += ", and the tables " + ", ".join(f"[{s}]" for s in _SECTIONS)
-            raise _fail(where, prefix + key, "is not a known key", allowed)
-        spec = schema[key]
-        try:
-            out[spec.attr] = spec.convert(value)
-        except (ValueError, TypeError):
-            raise _fail(where, prefix + key, f"has a bad value {value!r}", spec.allowed) from None
-    return out
+    return _fail(where, p.key, f"has a bad value {p.value!r}", p.allowed)
+
+
+def _rate(where: str, key: str, text: str | None, allowed: str) -> Rate | None:
+    """The job's rate parser (batcher/settings.py); the simulator counts whole requests."""
+    if text is None:
+        return None
+    try:
+        rate: Rate | None = parse_rate(text)
+    except ValueError:
+        rate = None
+    if rate is None or not rate.requests.is_integer():
+        raise _fail(where, key, f"has a bad value {text!r}", allowed)
+    return rate
 
 
 def profile_from_dict(data: Mapping[str, Any], *, source: Path | None = None) -> Profile:
     """Build and check a profile from TOML-shaped data (tests build variants this way)."""
     where = str(source) if source is not None else "(in code)"
-    top = _check(where, "", data)
-    parts: dict[str, Any] = {}
-    for section, cls in _SECTIONS.items():
-        values = _check(where, section, data.get(section, {}))
-        if section == "state" and "file" in values:
-            base = source.parent if source is not None else Path.cwd()
-            file = (base / values["file"]).resolve()
-            if file.suffix.lower() not in (".csv", ".parquet"):
-                raise _fail(where, "state.file", f"is not a .csv or .parquet file ({file})")
-            if not file.is_file():
-                raise _fail(
-                    where,
-                    "state.file",
-                    f"names a file that does not exist ({file})",
-                    "a CSV or Parquet file of links, relative to the profile",
-                )
-            values["file"] = file
-        parts[_FIELD_OF_SECTION.get(section, section)] = cls(**values)
-    if "state" in data and "programs" in data["state"] and "program_count" in data["state"]:
+    try:
+        f = convert(dict(data), _ProfileFile)
+    except Problem as p:
+        raise _error(where, p) from None
+    state, faults = f.state, f.faults
+    file: Path | None = None
+    if state.file is not None:
+        base = source.parent if source is not None else Path.cwd()
+        file = (base / state.file).resolve()
+        if file.suffix.lower() not in (".csv", ".parquet"):
+            raise _fail(where, "state.file", f"is not a .csv or .parquet file ({file})")
+        if not file.is_file():
+            raise _fail(
+                where,
+                "state.file",
+                f"names a file that does not exist ({file})",
+                "a CSV or Parquet file of links, relative to the profile",
+            )
+    if state.programs is not None and state.program_count is not None:
         raise _fail(
             where,
             "state.program_count",
             "conflicts with state.programs",
             "one of programs or program_count",
         )
-    if top.get("mobile_min_digits", 10) > top.get("mobile_max_digits", 15):
+    if f.mobile_min_digits > f.mobile_max_digits:
         raise _fail(where, "mobile_min_digits", "is larger than mobile_max_digits")
-    slow: SlowdownSettings = parts["slowdown"]
-    if (slow.rate is None) != (slow.after_requests is None and slow.after_s is None):
+    quota_rate = _rate(where, "quota.rate", f.quota.rate, _RATE)
+    slow_rate = _rate(where, "slowdown.rate", f.slowdown.rate, 'a quota such as "10/second"')
+    slow = f.slowdown
+    if (slow_rate is None) != (slow.after_requests is None and slow.after_seconds is None):
         raise _fail(
             where,
             "slowdown.rate",
             "and after_requests/after_seconds go together",
             "rate together with after_requests and/or after_seconds",
         )
-    return Profile(**top, **parts, source=source)
+    return Profile(
+        seed=f.seed,
+        response_shape=f.response_shape,
+        shuffle_items=f.shuffle_items,
+        max_customers_per_request=f.max_customers_per_request,
+        max_programs_per_customer=f.max_programs_per_customer,
+        mobile_min_digits=f.mobile_min_digits,
+        mobile_max_digits=f.mobile_max_digits,
+        unknown_customer_programs=f.unknown_customer_programs,
+        default_country_code=f.default_country_code,
+        national_mobile_digits=f.national_mobile_digits,
+        stored_email_case=f.stored_email_case,
+        answer_identifiers=f.answer_identifiers,
+        org_id=f.org_id,
+        org_headers=f.org_headers,
+        credentials=Credentials(
+            basic_username=f.auth.basic_username,
+            basic_password=f.auth.basic_password,
+            oauth_key=f.auth.oauth_key,
+            oauth_secret=f.auth.oauth_secret,
+            token_ttl_s=f.auth.token_ttl_seconds,
+            expired_token_status=f.auth.expired_token_status,
+        ),
+        state=StateSettings(
+            customers=state.customers,
+            programs=state.programs
+            if state.program_count is None
+            else tuple(f"partner-{j:02d}" for j in range(1, state.program_count + 1)),
+            link_probability=state.link_probability,
+            file=file,
+        ),
+        quota=QuotaSettings(
+            rate=quota_rate,
+            window=f.quota.window,
+            status=f.quota.status,
+            retry_after=f.quota.retry_after,
+            body=f.quota.body,
+        ),
+        slowdown=SlowdownSettings(
+            rate=slow_rate, after_requests=slow.after_requests, after_s=slow.after_seconds
+        ),
+        latency=LatencySettings(fixed_ms=f.latency.fixed_ms, spread_ms=f.latency.spread_ms),
+        faults=FaultSettings(
+            throttle=faults.throttle,
+            server_error=faults.server_error,
+            server_error_statuses=faults.server_error_statuses,
+            server_error_html_share=faults.server_error_html_share,
+            hang=faults.hang,
+            hang_s=faults.hang_seconds,
+            disconnect_before=faults.disconnect_before,
+            disconnect_after=faults.disconnect_after,
+            malformed_json=faults.malformed_json,
+            item_transient=faults.item_transient,
+            item_transient_codes=faults.item_transient_codes,
+            item_omitted=faults.item_omitted,
+            item_omitted_processed_share=faults.item_omitted_processed_share,
+            poison_identifiers=frozenset(str(x).strip().lower() for x in faults.poison_identifiers),
+        ),
+        source=source,
+    )
 
 
 def load_profile(path: str | Path | None) -> Profile:
