@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import aiohttp
 import orjson
-import structlog
 
 from batcher.errors import RunStopped
 from batcher.job import Job
@@ -25,6 +24,7 @@ from batcher.present.logs import mask_text
 from batcher.results.journal import Journal
 from batcher.results.outcomes import Outcome, Status
 from batcher.send import answers, contract, placing
+from batcher.send import events as ev
 from batcher.send.auth import Authenticator, AuthRefused, OrgGuard, WrongOrg
 from batcher.send.batch_limit import BatchLimit, refused_for_size
 from batcher.send.breaker import FailureKind, ShareBreaker, failure_sample, failure_stop_message
@@ -36,10 +36,6 @@ from batcher.send.session import retry_after_s
 from batcher.send.stats import RunStats
 from batcher.send.verdicts import Action, Kind, classify
 
-log = structlog.get_logger("batcher.send.sender")
-
-# Latencies kept for the percentiles: enough for their precision, bounded in memory.
-MAX_LATENCIES = 200_000
 # How an earlier attempt's answer was lost, for pairs a run is handed as maybe processed:
 # on a resume, sent (its intent written) by an earlier session that never recorded the answer;
 # on a retry, given up by the parent run after an attempt whose answer was lost.
@@ -95,6 +91,7 @@ class Sender:
         pacer: Pacer | None = None,
         org: OrgGuard | None = None,
         resume_command: str = "batcher resume RUN_DIR",
+        hooks: Iterable[ev.Hook] = (),
     ) -> None:
         self._job = job
         self._identifier = job.input.identifier
@@ -107,6 +104,8 @@ class Sender:
             lost=maybe_sent,
         )
         self.stats = stats or RunStats()
+        # Whatever happens is emitted once: counted by the stats, logged, then `hooks`.
+        self._emit = ev.Emitter((self.stats.record, ev.log_event, *hooks))
         self.pacer = pacer or Pacer(
             job.api.quota,
             backoff_base_s=job.retry.backoff_base_s,
@@ -149,14 +148,14 @@ class Sender:
         """Take no new work; requests in flight finish. Unsent pairs stay out of the journal."""
         if self._stop_reason is None:
             self._stop_reason = reason
-            log.warning("run.stopping", reason=reason)
+            self._emit(ev.Stopping(reason))
         self._wake()
 
     def refuse(self, error: RunStopped) -> SendResult:
         """Stop before sending anything (the wrong org, credentials refused): every pair unsent."""
         if self._abort is None:
             self._abort = error
-            log.error("run.aborted", reason=error.message)
+            self._emit(ev.Aborted(error.message))
         self.stop("the wrong org" if isinstance(error, WrongOrg) else "authentication refused")
         return SendResult(self._stop_reason, self._abort, self.stats)
 
@@ -179,13 +178,13 @@ class Sender:
         # Basic auth names no org before an answer does: the first request goes alone, so a
         # wrong org costs one customer, not a request of 50 times max_in_flight.
         self._canary = not self.org.known
-        self.stats.started_at = time.monotonic()
+        self._emit(ev.SendingStarted(time.monotonic()))
         try:
             async with asyncio.TaskGroup() as workers:
                 for i in range(self._job.api.max_in_flight):
                     workers.create_task(self._worker(session), name=f"sender-{i}")
         finally:
-            self.stats.finished_at = time.monotonic()
+            self._emit(ev.SendingEnded(time.monotonic()))
             self._journal.flush()
         return SendResult(self._stop_reason, self._abort, self.stats)
 
@@ -197,7 +196,7 @@ class Sender:
             if self._canary:
                 if self.org.settled:
                     self._canary = False
-                    log.info("run.canary_answered", org_id=self.org.org_id)
+                    self._emit(ev.CanaryAnswered(self.org.org_id))
                 elif self._in_flight:
                     changed.clear()  # the canary is out: everyone else waits for its answer
                     await changed.wait()
@@ -267,7 +266,7 @@ class Sender:
         # Write-ahead, once nothing stands between the request and the network (no slot or
         # token to wait for): after a crash, these pairs may have been processed.
         self._journal.intend([(c.customer, p.program) for c in batch.customers for p in c.pairs])
-        self.stats.requests += 1
+        self._emit(ev.REQUEST_SENT)
         started = time.monotonic()
         try:
             async with session.post(self._url, data=body, headers=headers) as resp:
@@ -290,15 +289,12 @@ class Sender:
             # Take no more work at once; this answer is still recorded below: it is what the
             # API did (in the wrong org).
             self.refuse(wrong_org)
-        stats = self.stats
-        stats.responses[status] += 1
-        if len(stats.latencies_ms) < MAX_LATENCIES:
-            stats.latencies_ms.append((time.monotonic() - started) * 1000)
+        latency_ms = (time.monotonic() - started) * 1000
         action = classify(
             status, raw, identifier=self._identifier, throttle_statuses=self._throttle_statuses
         )
         kind = action.kind
-        stats.tick(kind is Kind.THROTTLED)
+        self._emit(ev.Answered(status, latency_ms, kind is Kind.THROTTLED))
         if kind is Kind.TRANSIENT and status >= 500:
             self._retry_all(batch, action, request_id, failure=_in_words(action))
             return
@@ -310,9 +306,7 @@ class Sender:
         if kind is Kind.ITEMS:
             self._size_worked(len(batch.customers))
             if action.oddities:
-                log.warning(
-                    "response.odd_items", request_id=request_id, oddities=action.oddities[:5]
-                )
+                self._emit(ev.OddItems(request_id, action.oddities))
             applied = answers.apply_answer(
                 batch,
                 action.results,
@@ -321,13 +315,13 @@ class Sender:
                 max_attempts=self._max_attempts,
             )
             if applied.unexpected:  # never dropped: counted, logged, their pairs retryable
-                stats.unmatched_answers += applied.unexpected
-                log.warning(
-                    "response.unexpected_items",
-                    request_id=request_id,
-                    count=applied.unexpected,
-                    answered=[placing.describe(r, self._identifier) for r in applied.unplaced[:3]],
-                    customers_unconfirmed=len(applied.unconfirmed),
+                self._emit(
+                    ev.UnexpectedItems(
+                        request_id,
+                        applied.unexpected,
+                        [placing.describe(r, self._identifier) for r in applied.unplaced[:3]],
+                        len(applied.unconfirmed),
+                    )
                 )
             self._settle(applied)
             if self._unplaced_breaker.enabled:
@@ -368,7 +362,7 @@ class Sender:
             f"customer sent ({trip.sample}): {hint}. The run stopped early, nothing more was "
             "sent; the pairs sent are retryable (the API most likely processed them).",
         )
-        log.error("run.aborted", reason="answers name customers differently", share=trip.share)
+        self._emit(ev.Aborted("answers name customers differently", trip.share))
         self.stop("most answers match no customer sent")
 
     def _settle(self, applied: answers.Applied) -> None:
@@ -394,13 +388,7 @@ class Sender:
             trip = breaker.add((o.code, o.message), _sample_of(o))
         if trip is None:
             return
-        log.error(
-            "run.too_many_failures",
-            share=round(trip.share, 3),
-            pairs=trip.window,
-            code=trip.kind[0],
-            message=trip.kind[1],
-        )
+        self._emit(ev.TooManyFailures(trip.share, trip.window, trip.kind[0], trip.kind[1]))
         if self._abort is None:
             self._abort = RunStopped(failure_stop_message(trip, self._resume_command))
         self.stop(f"{trip.share:.0%} of {trip.window_text()} failed")
@@ -409,10 +397,10 @@ class Sender:
         if not customers:
             return
         now = self._clock()
-        self.stats.retries += 1
         base_s, max_s = self._job.retry.backoff_base_s, self._job.retry.backoff_max_s
         # One wait for all of an answer's retries, so they come back together, a full request.
         delay = backoff_s(max(p.attempts for c in customers for p in c.pairs), base_s, max_s)
+        self._emit(ev.RetriesScheduled(len(customers), delay))
         for c in customers:
             self._queue.retry_at(c, now + delay)
         self._wake()
@@ -421,13 +409,7 @@ class Sender:
         self, batch: Batch, action: Action, request_id: str | None, *, failure: str | None = None
     ) -> None:
         """Try the whole request again; `failure` (in words) when it counts toward an outage."""
-        log.info(
-            "request.retry",
-            request_id=request_id,
-            code=action.code,
-            reason=action.message,
-            customers=len(batch.customers),
-        )
+        self._emit(ev.Retry(request_id, action.code, action.message, len(batch.customers)))
         if failure is not None:
             self._api_failed(batch, failure)
         applied = answers.retry_all(
@@ -450,23 +432,12 @@ class Sender:
         was_active = outage.active
         now = self._clock()
         if outage.failed(now, what):
-            self.stats.outages += 1
-            log.warning(
-                "api.outage",
-                failures_in_a_row=outage.streak,
-                last_answer=what,
-                action="no new work; probing one request at a time",
-            )
+            self._emit(ev.OutageStarted(outage.streak, what))
             for p in self._streak_pairs:  # the failures that led here were the outage too
                 p.attempts = max(0, p.attempts - 1)
             self._streak_pairs.clear()
         elif was_active and batch.outage_probe:
-            log.info(
-                "api.probe_failed",
-                last_answer=what,
-                failing_s=round(outage.failing_for_s(now), 1),
-                next_probe_in_s=round(outage.next_probe_at - now, 2),
-            )
+            self._emit(ev.ProbeFailed(what, outage.failing_for_s(now), outage.next_probe_at - now))
         if outage.active or batch.canary:
             # Not an attempt: the outage, not this request, is the problem (see retry_all). So
             # is a failed canary's: alone, it cannot join the streak that declares an outage.
@@ -478,7 +449,7 @@ class Sender:
         self._streak_pairs.clear()
         lasted_s = self._outage.answered(self._clock())
         if lasted_s is not None:
-            log.warning("api.back", outage_s=round(lasted_s, 1), action="full pace again")
+            self._emit(ev.OutageEnded(lasted_s))
             self._wake()
 
     def _give_up(self, now: float) -> None:
@@ -492,12 +463,7 @@ class Sender:
             hint="Resume the run when the API is back (batcher resume RUN_DIR): pairs with an "
             "outcome are not sent again.",
         )
-        log.error(
-            "run.gave_up",
-            failing_s=round(failing_s, 1),
-            last_answer=outage.last_answer,
-            give_up_after_s=outage.give_up_after_s,
-        )
+        self._emit(ev.GaveUp(failing_s, outage.last_answer, outage.give_up_after_s))
         self.stop(f"the API has been failing for {failing_s:.0f} s")
 
     # --- the batch limit -----------------------------------------------------------------------
@@ -511,14 +477,8 @@ class Sender:
     def _note_learned(self, before: int | None) -> None:
         learned = self._limit.learned
         if learned != before:
-            self.stats.learned_customers_per_request = learned
-            if learned is not None:
-                log.warning(
-                    "request.batch_limit_learned",
-                    customers_per_request=learned,
-                    configured=self._limit.configured,
-                    refusals=self._limit.refusals,
-                )
+            limit = self._limit
+            self._emit(ev.BatchLimitChanged(learned, limit.configured, limit.refusals))
             self._wake()
 
     def _too_big(self, batch: Batch, action: Action, request_id: str | None) -> bool:
@@ -529,14 +489,7 @@ class Sender:
         before = limit.learned
         if not limit.refused(len(batch.customers)):
             return False
-        self.stats.size_refusals += 1
-        log.info(
-            "request.too_big",
-            request_id=request_id,
-            status=action.status,
-            code=action.code,
-            customers=len(batch.customers),
-        )
+        self._emit(ev.TooBig(request_id, action.status, action.code, len(batch.customers)))
         now = self._clock()
         for c in batch.customers:  # nothing was processed: not an attempt
             self._queue.retry_at(c, now)
@@ -545,8 +498,7 @@ class Sender:
         return True
 
     def _transport_error(self, batch: Batch, message: str, *, lost: str | None) -> None:
-        self.stats.transport_errors += 1
-        self.stats.tick(False)
+        self._emit(ev.TRANSPORT_FAILED)
         self._retry_all(
             batch, Action(Kind.TRANSIENT, 0, None, message, lost=lost), None, failure=message
         )
@@ -554,15 +506,8 @@ class Sender:
     def _throttled(
         self, batch: Batch, sent_at: float, retry_after: float | None, request_id: str | None
     ) -> None:
-        self.stats.throttles += 1
         pause_s = self.pacer.throttled(sent_at, retry_after)
-        log.warning(
-            "request.throttled",
-            request_id=request_id,
-            retry_after_s=retry_after,
-            pause_s=round(pause_s, 3),
-            rate_per_s=round(self.pacer.state.rate_per_s, 3),
-        )
+        self._emit(ev.Throttled(request_id, retry_after, pause_s, self.pacer.state.rate_per_s))
         applied = answers.throttled(batch, request_id, max_attempts=self._max_attempts)
         for o in applied.outcomes:
             self._journal.record(o)
@@ -581,14 +526,7 @@ class Sender:
             if self._breaker is not None:
                 self._judge([halves])
             return
-        self.stats.splits += 1
-        log.info(
-            "request.split",
-            request_id=request_id,
-            status=action.status,
-            code=action.code,
-            customers=len(batch.customers),
-        )
+        self._emit(ev.Split(request_id, action.status, action.code, len(batch.customers)))
         self._queue.put_first(*halves)
         self._wake()
 
@@ -601,7 +539,7 @@ class Sender:
             + "; that is not an answer a retry will change.",
             hint="Check api.base_url; nothing more was sent.",
         )
-        log.error("run.aborted", status=status, code=code, request_id=request_id)
+        self._emit(ev.StoppedByAnswer(status, code, request_id))
         self.stop(f"HTTP {status} from the API")
         self._queue.put_first(batch)
 
@@ -622,8 +560,7 @@ class Sender:
                 self._abort_with(e, batch)
                 return
             if fresh:
-                self.stats.token_refreshes += 1
-                log.info("auth.token_refreshed", request_id=request_id, status=status, code=code)
+                self._emit(ev.TokenRefreshed(request_id, status, code))
                 batch.auth_retried = True
                 self._queue.put_first(batch)
                 self._wake()
@@ -643,6 +580,6 @@ class Sender:
     def _abort_with(self, error: RunStopped, batch: Batch) -> None:
         if self._abort is None:
             self._abort = error
-            log.error("run.aborted", reason=error.message)
+            self._emit(ev.Aborted(error.message))
         self._queue.put_first(batch)
         self.stop("authentication refused")
