@@ -64,6 +64,7 @@ def test_credentials_repr_hides_secrets() -> None:
         ('response_shape = "new"', "response_shape", "current or legacy"),
         ("colour = 1", "colour", "response_shape"),
         ('[quota]\nrate = "lots"', "quota.rate", '"3000/minute"'),
+        ('[quota]\nrate = "2.5/second"', "quota.rate", '"3000/minute"'),  # whole requests
         ('[quota]\nwindow = "rolling"', "quota.window", "fixed or sliding"),
         ("[faults]\nhang = 1.5", "faults.hang", "a probability from 0 to 1"),
         ("[auth]\nexpired_token_status = 403", "auth.expired_token_status", "401 or 498"),
