@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
@@ -481,6 +480,8 @@ def _error(path: Path, p: Problem) -> JobError:
         )
     if p.kind == "unknown" and not section and isinstance(p.value, dict):
         # A table the schema does not know: usually a typo, so name the likely one.
+        import difflib
+
         known = list(sections(_JobFile))
         guess = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         hint = f"; did you mean [{guess[0]}]?" if guess else "."
