@@ -280,7 +280,7 @@ class Job:
 
 _SECONDS = "a positive number of seconds"
 _COLUMN = "a column name"
-Seconds = Annotated[float, key(_SECONDS, gt=0)]
+_Seconds = Annotated[float, key(_SECONDS, gt=0)]
 
 
 class _Input(Table):
@@ -347,8 +347,8 @@ class _Api(Table):
     max_in_flight: Annotated[int, key("an integer from 1 to 256", ge=1, le=256)] = 8
     customers_per_request: Annotated[int, key("a positive integer", gt=0)] = 50
     programs_per_customer: Annotated[int, key("a positive integer", gt=0)] = 50
-    timeout_seconds: Seconds = 30.0
-    connect_timeout_seconds: Seconds = 10.0
+    timeout_seconds: _Seconds = 30.0
+    connect_timeout_seconds: _Seconds = 10.0
     throttle_statuses: Annotated[
         tuple[Annotated[int, msgspec.Meta(ge=400, le=599)], ...],
         key("a list of HTTP statuses (integers 400-599), such as [429]"),
@@ -364,9 +364,9 @@ class _Api(Table):
 
 class _Retry(Table):
     max_attempts: Annotated[int, key("an integer from 1 to 100", ge=1, le=100)] = 6
-    backoff_base_seconds: Seconds = 0.5
-    backoff_max_seconds: Seconds = 30.0
-    give_up_after_seconds: Seconds = 600.0
+    backoff_base_seconds: _Seconds = 0.5
+    backoff_max_seconds: _Seconds = 30.0
+    give_up_after_seconds: _Seconds = 600.0
 
 
 class _Safety(Table):
@@ -470,14 +470,6 @@ def _fail(path: Path, key: str, problem: str, allowed: str | None = None) -> Job
 def _error(path: Path, p: Problem) -> JobError:
     """A Problem in today's words: file, dotted key, what is wrong, what is allowed."""
     section, _, name = p.key.rpartition(".")
-    if p.kind == "unknown" and _SECRET_KEY_RE.search(name):
-        return JobError(
-            f"Job file {path}: key '{p.key}' looks like a secret, and secrets never go in "
-            "a job file.",
-            hint="Set them in the environment instead: CAPILLARY_USERNAME and "
-            'CAPILLARY_PASSWORD (or CAPILLARY_PASSWORD_MD5) for auth = "basic", '
-            'CAPILLARY_CLIENT_KEY and CAPILLARY_CLIENT_SECRET for auth = "oauth".',
-        )
     if p.kind == "unknown" and not section and isinstance(p.value, dict):
         # A table the schema does not know: usually a typo, so name the likely one.
         import difflib
@@ -489,6 +481,14 @@ def _error(path: Path, p: Problem) -> JobError:
         return JobError(
             f"Job file {path}: section [{name}] is not a known section; allowed sections: "
             f"{listed}{hint}"
+        )
+    if p.kind == "unknown" and _SECRET_KEY_RE.search(name):
+        return JobError(
+            f"Job file {path}: key '{p.key}' looks like a secret, and secrets never go in "
+            "a job file.",
+            hint="Set them in the environment instead: CAPILLARY_USERNAME and "
+            'CAPILLARY_PASSWORD (or CAPILLARY_PASSWORD_MD5) for auth = "basic", '
+            'CAPILLARY_CLIENT_KEY and CAPILLARY_CLIENT_SECRET for auth = "oauth".',
         )
     if p.kind == "unknown":
         prefix = f"{section}." if section else ""
