@@ -1,10 +1,11 @@
 """The Python API: what the CLI, a scheduler (Airflow, Dagster) or a script calls.
 
 Every function takes what the matching command takes and returns a typed result; none prints,
-exits or configures logging unless asked (`log_format=`). An unusable job, input, credentials
-or lock raises `BatcherError` (its `exit_code` is the CLI's: 2, nothing was sent). A run that
-starts always returns a result, whatever its rows' statuses; its `exit_code` says what a
-scheduler should do (0 done, 1 done with rows to look at, 3 stopped early: resume it).
+exits or configures logging unless asked (`log_format=`, and then for that call only). An
+unusable job, input, credentials or lock raises `BatcherError` (its `exit_code` is the CLI's: 2,
+nothing was sent). A run that starts always returns a result, whatever its rows' statuses; its
+`exit_code` says what a scheduler should do (0 done, 1 done with rows to look at, 3 stopped
+early: resume it).
 
 The functions run their own event loop, so they refuse to be called from a running one;
 `run_job_async` and friends run them in a worker thread for async callers.
@@ -86,13 +87,6 @@ async def _in_thread(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R
     return await asyncio.to_thread(inner, *args, **kwargs)
 
 
-def _logging(log_format: LogFormat | None, log_level: str) -> None:
-    if log_format is not None:
-        logs.configure(log_format=log_format, level=log_level)
-    else:
-        logs.ensure_configured()
-
-
 def _load(
     job: JobLike,
     *,
@@ -119,9 +113,9 @@ def validate_job(
     """`batcher validate`: load, check and plan the input; write what was found; send nothing."""
     from batcher.runs.validate import validate
 
-    _logging(log_format, log_level)
-    folder, summary, exit_code = validate(_load(job, input=input, output=output))
-    return ValidationResult(folder.path, summary, exit_code)
+    with logs.for_call(log_format, log_level):
+        folder, summary, exit_code = validate(_load(job, input=input, output=output))
+        return ValidationResult(folder.path, summary, exit_code)
 
 
 @_outside_event_loop
@@ -151,27 +145,29 @@ def run_job(
     from batcher.runs import lineage
     from batcher.runs.execute import execute
 
-    _logging(log_format, log_level)
-    loaded = _load(job, input=input, base_url=base_url, output=output, max_pairs=max_pairs)
-    if resume:
-        target = lineage.newest_unfinished(loaded)
-        if target is None:
-            raise BatcherError(
-                f"Job {loaded.name} has no unfinished run to resume.",
-                hint=f"Start a new run: batcher run {loaded.path}",
+    with logs.for_call(log_format, log_level):
+        loaded = _load(job, input=input, base_url=base_url, output=output, max_pairs=max_pairs)
+        if resume:
+            target = lineage.newest_unfinished(loaded)
+            if target is None:
+                raise BatcherError(
+                    f"Job {loaded.name} has no unfinished run to resume.",
+                    hint=f"Start a new run: batcher run {loaded.path}",
+                )
+            return _reported(
+                loaded,
+                progress_every_s,
+                progress,
+                lambda watch: lineage.resume(
+                    target, force=force, progress=watch, wait_for_lock=wait
+                ),
             )
         return _reported(
             loaded,
             progress_every_s,
             progress,
-            lambda watch: lineage.resume(target, force=force, progress=watch, wait_for_lock=wait),
+            lambda watch: execute(loaded, progress=watch, wait_for_lock=wait, confirm=confirm),
         )
-    return _reported(
-        loaded,
-        progress_every_s,
-        progress,
-        lambda watch: execute(loaded, progress=watch, wait_for_lock=wait, confirm=confirm),
-    )
 
 
 @_outside_event_loop
@@ -188,15 +184,15 @@ def resume_run(
     """`batcher resume`: carry on an interrupted run; confirmed pairs are not sent again."""
     from batcher.runs import lineage
 
-    _logging(log_format, log_level)
-    folder = Path(run_dir).resolve()
-    job = lineage.job_of_run(folder, lineage.read_manifest(folder))
-    return _reported(
-        job,
-        progress_every_s,
-        progress,
-        lambda watch: lineage.resume(folder, force=force, progress=watch, wait_for_lock=wait),
-    )
+    with logs.for_call(log_format, log_level):
+        folder = Path(run_dir).resolve()
+        job = lineage.job_of_run(folder, lineage.read_manifest(folder))
+        return _reported(
+            job,
+            progress_every_s,
+            progress,
+            lambda watch: lineage.resume(folder, force=force, progress=watch, wait_for_lock=wait),
+        )
 
 
 @_outside_event_loop
@@ -214,17 +210,17 @@ def retry_run(
     its failed ones). None when there is nothing to retry."""
     from batcher.runs import lineage
 
-    _logging(log_format, log_level)
-    folder = Path(run_dir).resolve()
-    job = lineage.job_of_run(folder, lineage.read_manifest(folder))
-    return _reported(
-        job,
-        progress_every_s,
-        progress,
-        lambda watch: lineage.retry(
-            folder, include_failed=include_failed, progress=watch, wait_for_lock=wait
-        ),
-    )
+    with logs.for_call(log_format, log_level):
+        folder = Path(run_dir).resolve()
+        job = lineage.job_of_run(folder, lineage.read_manifest(folder))
+        return _reported(
+            job,
+            progress_every_s,
+            progress,
+            lambda watch: lineage.retry(
+                folder, include_failed=include_failed, progress=watch, wait_for_lock=wait
+            ),
+        )
 
 
 async def validate_job_async(job: JobLike, **options: Any) -> ValidationResult:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -178,3 +179,51 @@ def scrub_secrets(mapping: MutableMapping[str, Any]) -> None:
             del mapping[key]
         elif isinstance(mapping[key], dict):
             scrub_secrets(mapping[key])
+
+
+# How many library calls (commands) are inside `for_call` right now, and what to restore when
+# the last of them ends. A lock because run_job_async runs calls in worker threads.
+_CALLS_LOCK = threading.Lock()
+_calls = 0
+_before: tuple[bool, dict[str, Any], tuple[bool, int, Any]] | None = None
+
+
+@contextmanager
+def for_call(log_format: LogFormat | None, level: str) -> Iterator[None]:
+    """Logging for one library call (a command run in-process): configured as asked (or, when
+    nobody configured structlog, to the run log only), and put back as it was when the call
+    ends, so a second call in the same process, or the host's own logging, inherits neither this
+    call's stream, level and format nor its bound fields (job, run_id).
+
+    Known secrets are kept blanked for the rest of the process: blanking too much is safe, and a
+    concurrent call's secrets must never be forgotten while it still logs. With concurrent calls
+    (worker threads) the configuration is restored when the last one ends."""
+    global _calls, _before
+    with _CALLS_LOCK:
+        if _calls == 0:
+            _before = (
+                structlog.is_configured(),
+                structlog.get_config(),
+                (SINKS.stderr_json, SINKS.stderr_level, SINKS.console),
+            )
+        _calls += 1
+        if log_format is not None:
+            configure(log_format=log_format, level=level)
+        else:
+            ensure_configured()
+    bound = structlog.contextvars.get_contextvars()
+    try:
+        yield
+    finally:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(**bound)
+        with _CALLS_LOCK:
+            _calls -= 1
+            if _calls == 0 and _before is not None:
+                was_configured, config, sinks = _before
+                SINKS.stderr_json, SINKS.stderr_level, SINKS.console = sinks
+                if was_configured:
+                    structlog.configure(**config)
+                else:
+                    structlog.reset_defaults()
+                _before = None
