@@ -1,11 +1,14 @@
-"""Shared fixtures: the simulator on a loopback port, job files on disk, the CLI in a subprocess."""
+"""Shared fixtures: the simulator on a loopback port, job files on disk, the CLI in this process
+or in a real one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -144,26 +147,71 @@ def run_cli(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = 240,
+    process: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `batcher ...` in a subprocess, as an operator (or a scheduler) would."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CAPILLARY_")}
-    full_env.update(env if env is not None else DEMO_ENV)
-    return subprocess.run(
-        [sys.executable, "-m", "batcher.cli", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=cwd or REPO,
-        timeout=timeout,
-        check=False,
-    )
+    """Run `batcher ...` as an operator (or a scheduler) would: its exit code, stdout, stderr.
+
+    In this process through click's CliRunner by default (no interpreter start and imports per
+    command); `process=True` starts a real `python -m batcher.cli`, for what only a process has.
+    `env` replaces the demo credentials; CAPILLARY_* variables of the caller are never seen.
+    """
+    if process:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("CAPILLARY_")}
+        full_env.update(env if env is not None else DEMO_ENV)
+        return subprocess.run(
+            [sys.executable, "-m", "batcher.cli", *args],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            cwd=cwd or REPO,
+            timeout=timeout,
+            check=False,
+        )
+    return invoke_cli(*args, env=env, cwd=cwd)
+
+
+def invoke_cli(
+    *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`batcher ...` in this process, answered as a process would: an uncaught exception is exit
+    1 with its traceback on stderr (so "no Traceback" assertions keep their meaning), and the
+    process-wide umask the command sets is put back afterwards."""
+    from click.testing import CliRunner
+
+    from batcher.cli import main
+
+    overrides: dict[str, str | None] = {k: None for k in os.environ if k.startswith("CAPILLARY_")}
+    overrides.update(env if env is not None else DEMO_ENV)
+    umask = os.umask(0o077)
+    os.umask(umask)
+    try:
+        with contextlib.chdir(cwd or REPO):
+            result = CliRunner().invoke(main, list(args), env=overrides, prog_name="batcher")
+    finally:
+        os.umask(umask)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["batcher", *args], result.exit_code, result.stdout, stderr)
 
 
 def only_run_dir(out: Path, job: str = "e2e") -> Path:
-    """The newest run folder of a job."""
-    runs = sorted(p for p in (out / job).iterdir() if p.is_dir())
+    """The newest run folder of a job.
+
+    A run id sorts by its start to the second only (then a random suffix), and two in-process
+    runs often start within one second: the manifest's created_at (to the millisecond) breaks
+    the tie."""
+    runs = [p for p in (out / job).iterdir() if p.is_dir()]
     assert runs, f"no run folder under {out / job}"
-    return runs[-1]
+
+    def started(run_dir: Path) -> tuple[str, str, str]:
+        manifest = run_dir / "manifest.json"
+        created = (
+            json.loads(manifest.read_text()).get("created_at", "") if manifest.is_file() else ""
+        )
+        return run_dir.name.split("-")[0], str(created), run_dir.name
+
+    return max(runs, key=started)
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
