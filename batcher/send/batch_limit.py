@@ -9,13 +9,16 @@ size is known to work). When the two meet the limit is learned, and every later 
 or retried, is packed at it: about log2(customers_per_request) refusals in all, plus the
 requests already in flight when the first one came back.
 
-Pure: the sender tells it what was answered and asks what size to pack next.
+Pure: the sender tells it what was answered and asks what size to pack next. `SizeWatch` is the
+sender's side: it reads a refusal's words and says what the search learned (send.events).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from batcher.send import events as ev
 
 BATCH_LIMIT_CODE = 1060
 # A plain 400 counts as "too big" only when its message says so; otherwise it is one bad item,
@@ -91,4 +94,45 @@ class BatchLimit:
         self.refusals += 1
         if self.smallest_refused is None or customers < self.smallest_refused:
             self.smallest_refused = customers
+        return True
+
+
+class SizeWatch:
+    """What answers say about the request size, told to the search and to the event hook."""
+
+    def __init__(self, limit: BatchLimit, emit: ev.Hook) -> None:
+        self.limit = limit
+        self._emit = emit
+
+    def accepted(self, customers: int) -> bool:
+        """A request of this many customers was processed; True if the learned limit changed."""
+        before = self.limit.learned
+        self.limit.accepted(customers)
+        return self._learned_changed(before)
+
+    def too_big(
+        self,
+        request_id: str | None,
+        status: int,
+        code: int | None,
+        message: str | None,
+        customers: int,
+    ) -> bool:
+        """Was this whole-request refusal about the request's size? Then its customers go back
+        at once (nothing was processed: not an attempt) to be packed smaller."""
+        if not refused_for_size(status, code, message):
+            return False
+        limit = self.limit
+        before = limit.learned
+        if not limit.refused(customers):
+            return False
+        self._emit(ev.TooBig(request_id, status, code, customers))
+        self._learned_changed(before)
+        return True
+
+    def _learned_changed(self, before: int | None) -> bool:
+        limit = self.limit
+        if limit.learned == before:
+            return False
+        self._emit(ev.BatchLimitChanged(limit.learned, limit.configured, limit.refusals))
         return True

@@ -8,8 +8,9 @@ are bad, trip. Bad answers carry a *kind* (for failures: the API's code and mess
 stop can name the dominant one and show a sample.
 
 The breaker is pure (no clock, no I/O, O(1) per answer) and generic in the kind, so any "most
-answers are bad" rule can use it: permanent failures here, answers that cannot be placed
-elsewhere.
+answers are bad" rule can use it. The sender has two, both on the [safety] settings:
+`FailureWatch` (permanent failures) and `UnplacedWatch` (answers that name customers otherwise
+than they were sent); each hands the loop a `Stop` when it trips.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from batcher.errors import RunStopped
 from batcher.present.logs import mask_text
+from batcher.results.outcomes import Outcome, Status
+from batcher.send import events as ev
+from batcher.send import placing
+from batcher.send.answers import Applied
+from batcher.send.queue import Batch
+from batcher.send.verdicts import Stop
 
 K = TypeVar("K")
 
@@ -165,3 +173,83 @@ def failure_stop_message(trip: Trip[FailureKind], resume: str) -> str:
         f"the run stopped early (only requests already in flight were answered); "
         f"resume with {resume}"
     )
+
+
+class FailureWatch:
+    """The early stop on permanent failures: fed each answer's outcomes, it stops the run when
+    nearly all of the latest answered pairs failed (retryable ones were not answered)."""
+
+    def __init__(
+        self, share: float, after_pairs: int, *, resume_command: str, emit: ev.Hook
+    ) -> None:
+        breaker: ShareBreaker[FailureKind] = ShareBreaker(share, after_pairs)
+        self._breaker = breaker if breaker.enabled else None
+        self._resume_command = resume_command
+        self._emit = emit
+
+    def judge(self, outcomes: list[Outcome]) -> Stop | None:
+        breaker = self._breaker
+        if breaker is None or not outcomes:
+            return None
+        failed = [o for o in outcomes if o.status is Status.FAILED]
+        fine = sum(o.status is not Status.RETRYABLE for o in outcomes) - len(failed)
+        trip = breaker.add(None, pairs=fine)
+        for o in failed:
+            if trip is not None:
+                break
+            trip = breaker.add((o.code, o.message), _sample_of(o))
+        if trip is None:
+            return None
+        self._emit(ev.TooManyFailures(trip.share, trip.window, trip.kind[0], trip.kind[1]))
+        return Stop(
+            f"{trip.share:.0%} of {trip.window_text()} failed",
+            RunStopped(failure_stop_message(trip, self._resume_command)),
+        )
+
+
+def _sample_of(outcome: Outcome) -> Callable[[], str]:
+    """A failed pair as the breaker's (masked) example, made only if it is the first of its kind."""
+    return lambda: failure_sample(outcome.code, outcome.customer, outcome.program)
+
+
+class UnplacedWatch:
+    """The early stop on answers that cannot be placed: most of them naming customers otherwise
+    than they were sent (national numbers sent without their country code, most likely)."""
+
+    def __init__(self, share: float, after_pairs: int, *, identifier: str) -> None:
+        breaker: ShareBreaker[str] = ShareBreaker(share, after_pairs)
+        self._breaker = breaker if breaker.enabled else None
+        self._identifier = identifier
+
+    def judge(self, batch: Batch, applied: Applied) -> Stop | None:
+        """Feed every answered pair to the breaker; most of them unplaced stops the run."""
+        breaker = self._breaker
+        if breaker is None:
+            return None
+        identifier = self._identifier
+        trip = None
+        for cust in batch.customers:
+            sample = None
+            if cust.customer in applied.unconfirmed:
+                named = placing.describe(applied.unplaced[0], identifier)
+                sample = mask_text(f"sent {identifier} {cust.customer}, answered {named}")
+            pairs = len(cust.pairs)  # one call per customer: the window counts pairs
+            trip = breaker.add("unplaced" if sample else None, sample, pairs=pairs) or trip
+        if trip is None:
+            return None
+        hint = (
+            'if these are national numbers, set input.default_country_code (such as "91") '
+            "in the job file so that they are sent in full"
+            if identifier == "mobile"
+            else "check input.identifier and the values sent"
+        )
+        return Stop(
+            "most answers match no customer sent",
+            RunStopped(
+                "The API names customers differently from how they were sent: "
+                f"{int(100 * trip.share)}% of {trip.window_text()} got answers that match no "
+                f"customer sent ({trip.sample}): {hint}. The run stopped early, nothing more was "
+                "sent; the pairs sent are retryable (the API most likely processed them).",
+            ),
+            announce=ev.Aborted("answers name customers differently", trip.share),
+        )

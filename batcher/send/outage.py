@@ -11,13 +11,21 @@ most about log2(max/base) + 2T/max of them leave, however the dice fall. After
 streak, the run stops (resumable).
 
 Pure: every method takes the time `now` (the event loop's clock), so tests drive it with numbers.
+`OutageWatch` is the sender's side of it: it gives back the attempts an outage spent, says what
+happened (send.events) and builds the stop when the run gives up.
 """
 
 from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from batcher.errors import RunStopped
+from batcher.send import events as ev
+from batcher.send.queue import Batch, PendingPair
+from batcher.send.verdicts import Stop
 
 # Failures in a row, with no answer between them, that make an outage. Five 30%-failures in a row
 # happen about once in 400 requests; a dead API fails this many within one round of requests.
@@ -128,3 +136,66 @@ class Outage:
 
     def probe_sent(self) -> None:
         self.probe_in_flight = True
+
+
+class OutageWatch:
+    """The sender's side of an outage: attempts it gives back, the events, the stop.
+
+    An outage does not use up `retry.max_attempts`: the failures in a row that turn out to be
+    one get their attempts back, as does every attempt during it.
+    """
+
+    def __init__(self, outage: Outage, emit: ev.Hook) -> None:
+        self.outage = outage
+        self._emit = emit
+        # Pairs of the failures in a row so far: if they turn out to be an outage, the
+        # attempts they spent are given back.
+        self._streak_pairs: list[PendingPair] = []
+
+    def failed(self, now: float, batch: Batch, what: str) -> None:
+        """A whole request failed (no answer, or a 5xx): one more failure in a row."""
+        outage = self.outage
+        was_active = outage.active
+        if outage.failed(now, what):
+            self._emit(ev.OutageStarted(outage.streak, what))
+            for p in self._streak_pairs:  # the failures that led here were the outage too
+                p.attempts = max(0, p.attempts - 1)
+            self._streak_pairs.clear()
+        elif was_active and batch.outage_probe:
+            self._emit(ev.ProbeFailed(what, outage.failing_for_s(now), outage.next_probe_at - now))
+        if outage.active or batch.canary:
+            # Not an attempt: the outage, not this request, is the problem (see retry_all). So
+            # is a failed canary's: alone, it cannot join the streak that declares an outage.
+            for p in batch.pairs():
+                p.attempts -= 1
+
+    def retrying(self, pairs: Iterable[PendingPair]) -> None:
+        """The failed request's pairs that go again: theirs if the streak becomes an outage."""
+        if not self.outage.active:
+            self._streak_pairs.extend(pairs)
+
+    def answered(self, now: float) -> bool:
+        """The API answered (anything but a 5xx); True when that ends an outage."""
+        self._streak_pairs.clear()
+        lasted_s = self.outage.answered(now)
+        if lasted_s is None:
+            return False
+        self._emit(ev.OutageEnded(lasted_s))
+        return True
+
+    def give_up(self, now: float) -> Stop:
+        """The outage has lasted give_up_after_s: the run stops, resumable."""
+        outage = self.outage
+        failing_s = outage.failing_for_s(now)
+        self._emit(ev.GaveUp(failing_s, outage.last_answer, outage.give_up_after_s))
+        return Stop(
+            f"the API has been failing for {failing_s:.0f} s",
+            RunStopped(
+                f"The API has been failing for {failing_s:.0f} seconds: every request got a 5xx "
+                "or no answer, then every probe, one at a time; it last answered "
+                f"{outage.last_answer}. The run stopped (retry.give_up_after_seconds = "
+                f"{outage.give_up_after_s:g}); nothing more was sent.",
+                hint="Resume the run when the API is back (batcher resume RUN_DIR): pairs with an "
+                "outcome are not sent again.",
+            ),
+        )

@@ -1,8 +1,11 @@
 """Send the plan: one HTTP session, paced by the quota, with retries, splitting and abort.
 
 The loop is thin: the `WorkQueue` says what to send next, `verdicts.classify` what a whole
-answer means, and `answers` what it means for each pair. Every pair that is answered is written
-to the journal; a pair that is never answered is absent from it and the run calls it
+answer means, and `answers` what it means for each pair. The rest are small parts the loop
+asks and tells: the canary (send.canary), the outage watch (send.outage), the batch limit
+(send.batch_limit) and the early stops (send.breaker). What happens is emitted once
+(send.events): the run's figures and its log lines are hooks. Every pair that is answered is
+written to the journal; a pair that is never answered is absent from it and the run calls it
 `retryable`, so no row is ever lost.
 """
 
@@ -20,21 +23,20 @@ import orjson
 from batcher.errors import RunStopped
 from batcher.job import Job
 from batcher.plan import PlannedRequest
-from batcher.present.logs import mask_text
 from batcher.results.journal import Journal
-from batcher.results.outcomes import Outcome, Status
 from batcher.send import answers, contract, placing
 from batcher.send import events as ev
 from batcher.send.auth import Authenticator, AuthRefused, OrgGuard, WrongOrg
-from batcher.send.batch_limit import BatchLimit, refused_for_size
-from batcher.send.breaker import FailureKind, ShareBreaker, failure_sample, failure_stop_message
+from batcher.send.batch_limit import BatchLimit, SizeWatch
+from batcher.send.breaker import FailureWatch, UnplacedWatch
+from batcher.send.canary import Canary
 from batcher.send.contract import Entry
-from batcher.send.outage import Gate, Outage
+from batcher.send.outage import Gate, Outage, OutageWatch
 from batcher.send.pace import Pacer, backoff_s
-from batcher.send.queue import Batch, PendingCustomer, PendingPair, WorkQueue
+from batcher.send.queue import Batch, PendingCustomer, WorkQueue
 from batcher.send.session import retry_after_s
 from batcher.send.stats import RunStats
-from batcher.send.verdicts import Action, Kind, classify
+from batcher.send.verdicts import Action, Kind, Stop, classify
 
 # How an earlier attempt's answer was lost, for pairs a run is handed as maybe processed:
 # on a resume, sent (its intent written) by an earlier session that never recorded the answer;
@@ -55,6 +57,18 @@ class SendResult:
     stats: RunStats
 
 
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """One HTTP answer, read in full."""
+
+    status: int
+    raw: bytes
+    request_id: str | None
+    retry_after: str | None
+    latency_ms: float
+    wrong_org: WrongOrg | None
+
+
 def _in_words(action: Action) -> str:
     """A whole answer as an operator reads it: "HTTP 503: Service Unavailable"."""
     words = f"HTTP {action.status}"
@@ -70,11 +84,6 @@ def _request_id(headers: Mapping[str, str]) -> str | None:
         if value := headers.get(name):
             return value
     return None
-
-
-def _sample_of(outcome: Outcome) -> Callable[[], str]:
-    """A failed pair as the breaker's (masked) example, made only if it is the first of its kind."""
-    return lambda: failure_sample(outcome.code, outcome.customer, outcome.program)
 
 
 class Sender:
@@ -93,33 +102,37 @@ class Sender:
         resume_command: str = "batcher resume RUN_DIR",
         hooks: Iterable[ev.Hook] = (),
     ) -> None:
-        self._job = job
+        api, retry, safety = job.api, job.retry, job.safety
         self._identifier = job.input.identifier
         self._journal = journal
-        self._max_attempts = job.retry.max_attempts
-        self._throttle_statuses = job.api.throttle_statuses
+        self._max_attempts = retry.max_attempts
+        self._max_in_flight = api.max_in_flight
+        self._backoff = (retry.backoff_base_s, retry.backoff_max_s)
+        self._throttle_statuses = api.throttle_statuses
         self._queue = WorkQueue(
-            requests,
-            customers_per_request=job.api.customers_per_request,
-            lost=maybe_sent,
+            requests, customers_per_request=api.customers_per_request, lost=maybe_sent
         )
         self.stats = stats or RunStats()
         # Whatever happens is emitted once: counted by the stats, logged, then `hooks`.
-        self._emit = ev.Emitter((self.stats.record, ev.log_event, *hooks))
+        emit = self._emit = ev.Emitter((self.stats.record, ev.log_event, *hooks))
         self.pacer = pacer or Pacer(
-            job.api.quota,
-            backoff_base_s=job.retry.backoff_base_s,
-            backoff_max_s=job.retry.backoff_max_s,
+            api.quota, backoff_base_s=retry.backoff_base_s, backoff_max_s=retry.backoff_max_s
         )
-        self._outage = Outage(
-            backoff_base_s=job.retry.backoff_base_s,
-            backoff_max_s=job.retry.backoff_max_s,
-            give_up_after_s=job.retry.give_up_after_s,
+        self.org = org or OrgGuard(api.expect_org_id)
+        self._canary = Canary(self.org, emit)
+        self._outage = OutageWatch(
+            Outage(
+                backoff_base_s=retry.backoff_base_s,
+                backoff_max_s=retry.backoff_max_s,
+                give_up_after_s=retry.give_up_after_s,
+            ),
+            emit,
         )
-        # Pairs of the failures in a row so far: if they turn out to be an outage, the
-        # attempts they spent are given back (an outage does not use up max_attempts).
-        self._streak_pairs: list[PendingPair] = []
-        self._limit = BatchLimit(job.api.customers_per_request)
+        self._sizes = SizeWatch(BatchLimit(api.customers_per_request), emit)
+        share, after = safety.stop_if_failed_share, safety.stop_after_pairs
+        self._failures = FailureWatch(share, after, resume_command=resume_command, emit=emit)
+        # Answers that cannot be placed: the failure breaker's rule and settings ([safety]).
+        self._unplaced = UnplacedWatch(share, after, identifier=self._identifier)
         # Set by run(): where to send (known once an embedded simulator listens), and as whom.
         self._url = ""
         self._auth: Authenticator
@@ -129,20 +142,6 @@ class Sender:
         self._in_flight = 0
         self._stop_reason: str | None = None
         self._abort: RunStopped | None = None
-        self.org = org or OrgGuard(job.api.expect_org_id)
-        # The canary: until an answer names the org, one request of one customer at a time.
-        self._canary = False
-        self._resume_command = resume_command
-        safety = job.safety
-        self._breaker: ShareBreaker[FailureKind] | None = (
-            ShareBreaker(safety.stop_if_failed_share, safety.stop_after_pairs)
-            if safety.breaker_on
-            else None
-        )
-        # Answers that cannot be placed: the failure breaker's rule and settings ([safety]).
-        self._unplaced_breaker: ShareBreaker[str] = ShareBreaker(
-            job.safety.stop_if_failed_share, job.safety.stop_after_pairs
-        )
 
     def stop(self, reason: str) -> None:
         """Take no new work; requests in flight finish. Unsent pairs stay out of the journal."""
@@ -153,11 +152,19 @@ class Sender:
 
     def refuse(self, error: RunStopped) -> SendResult:
         """Stop before sending anything (the wrong org, credentials refused): every pair unsent."""
-        if self._abort is None:
-            self._abort = error
-            self._emit(ev.Aborted(error.message))
-        self.stop("the wrong org" if isinstance(error, WrongOrg) else "authentication refused")
+        reason = "the wrong org" if isinstance(error, WrongOrg) else "authentication refused"
+        self._halt(Stop(reason, error, ev.Aborted(error.message)))
         return SendResult(self._stop_reason, self._abort, self.stats)
+
+    def _halt(self, stop: Stop | None) -> None:
+        """Stop the run; the first error to stop it is the run's (later ones are not logged)."""
+        if stop is None:
+            return
+        if self._abort is None:
+            self._abort = stop.error
+            if stop.announce is not None:
+                self._emit(stop.announce)
+        self.stop(stop.reason)
 
     def _wake(self) -> None:
         if self._changed is not None:
@@ -175,13 +182,11 @@ class Sender:
         self._basic_headers = {**auth.static_headers, "Content-Type": "application/json"}
         self._clock = asyncio.get_running_loop().time
         self._changed = asyncio.Event()
-        # Basic auth names no org before an answer does: the first request goes alone, so a
-        # wrong org costs one customer, not a request of 50 times max_in_flight.
-        self._canary = not self.org.known
+        self._canary.start()
         self._emit(ev.SendingStarted(time.monotonic()))
         try:
             async with asyncio.TaskGroup() as workers:
-                for i in range(self._job.api.max_in_flight):
+                for i in range(self._max_in_flight):
                     workers.create_task(self._worker(session), name=f"sender-{i}")
         finally:
             self._emit(ev.SendingEnded(time.monotonic()))
@@ -191,31 +196,27 @@ class Sender:
     async def _next_batch(self) -> Batch | None:
         changed = self._changed
         assert changed is not None
-        queue, outage, limit = self._queue, self._outage, self._limit
+        queue, outage, limit, canary = self._queue, self._outage, self._sizes.limit, self._canary
         while self._stop_reason is None:
-            if self._canary:
-                if self.org.settled:
-                    self._canary = False
-                    self._emit(ev.CanaryAnswered(self.org.org_id))
-                elif self._in_flight:
-                    changed.clear()  # the canary is out: everyone else waits for its answer
-                    await changed.wait()
-                    continue
+            if canary.waits(self._in_flight):
+                changed.clear()  # the canary is out: everyone else waits for its answer
+                await changed.wait()
+                continue
             now = self._clock()
-            gate = outage.decide(now)
+            gate = outage.outage.decide(now)
             wake_at: float | None = None
             if gate.gate is Gate.GIVE_UP:
-                self._give_up(now)
+                self._halt(outage.give_up(now))
                 return None
             if gate.gate is Gate.WAIT:
                 wake_at = gate.until  # None: until the probe's answer
             elif (sizing := limit.next_size()).customers:
-                batch = queue.take(now, 1 if self._canary else sizing.customers)
+                batch = queue.take(now, canary.size(sizing.customers))
                 if batch is not None:
-                    batch.canary = self._canary
+                    batch.canary = canary.out
                     batch.outage_probe = gate.gate is Gate.PROBE
                     if batch.outage_probe:
-                        outage.probe_sent()
+                        outage.outage.probe_sent()
                     if sizing.probe:
                         limit.probe_sent()
                         batch.size_probe = True
@@ -249,20 +250,23 @@ class Sender:
             self._queue.put_first(batch)  # stopped while waiting: it was never sent
             return
         try:
-            await self._send_now(session, batch, body, sent_at)
+            if self._auth.uses_tokens:
+                auth_headers, token = await self._auth.headers(session)
+                headers = {**auth_headers, "Content-Type": "application/json"}
+            else:
+                headers, token = self._basic_headers, None
+            reply = await self._post(session, batch, body, headers)
+            if reply is not None:
+                await self._answered(session, batch, reply, sent_at, token)
         finally:
             if batch.size_probe:
                 batch.size_probe = False
-                self._limit.probe_done()
+                self._sizes.limit.probe_done()
 
-    async def _send_now(
-        self, session: aiohttp.ClientSession, batch: Batch, body: bytes, sent_at: float
-    ) -> None:
-        if self._auth.uses_tokens:
-            auth_headers, token = await self._auth.headers(session)
-            headers = {**auth_headers, "Content-Type": "application/json"}
-        else:
-            headers, token = self._basic_headers, None
+    async def _post(
+        self, session: aiohttp.ClientSession, batch: Batch, body: bytes, headers: dict[str, str]
+    ) -> _Reply | None:
+        """The HTTP exchange; None when no answer came (then the batch is already retried)."""
         # Write-ahead, once nothing stands between the request and the network (no slot or
         # token to wait for): after a crash, these pairs may have been processed.
         self._journal.intend([(c.customer, p.program) for c in batch.customers for p in c.pairs])
@@ -278,54 +282,51 @@ class Sender:
         except aiohttp.ClientConnectorError as e:
             # Never connected: the request surely was not processed.
             self._transport_error(batch, f"cannot connect: {type(e).__name__}", lost=None)
-            return
+            return None
         except (aiohttp.ClientError, TimeoutError) as e:
             # The request may have been processed before the connection or the wait failed.
             what = "timed out" if isinstance(e, TimeoutError) else type(e).__name__
             how = "timed out" if isinstance(e, TimeoutError) else f"connection dropped ({what})"
             self._transport_error(batch, f"no answer: {what}", lost=how)
-            return
-        if wrong_org is not None:
+            return None
+        latency_ms = (time.monotonic() - started) * 1000
+        return _Reply(status, raw, request_id, retry_after, latency_ms, wrong_org)
+
+    # --- acting on an answer -------------------------------------------------------------------
+
+    async def _answered(
+        self,
+        session: aiohttp.ClientSession,
+        batch: Batch,
+        reply: _Reply,
+        sent_at: float,
+        token: str | None,
+    ) -> None:
+        if reply.wrong_org is not None:
             # Take no more work at once; this answer is still recorded below: it is what the
             # API did (in the wrong org).
-            self.refuse(wrong_org)
-        latency_ms = (time.monotonic() - started) * 1000
+            self.refuse(reply.wrong_org)
+        status, request_id = reply.status, reply.request_id
         action = classify(
-            status, raw, identifier=self._identifier, throttle_statuses=self._throttle_statuses
+            status,
+            reply.raw,
+            identifier=self._identifier,
+            throttle_statuses=self._throttle_statuses,
         )
         kind = action.kind
-        self._emit(ev.Answered(status, latency_ms, kind is Kind.THROTTLED))
+        self._emit(ev.Answered(status, reply.latency_ms, kind is Kind.THROTTLED))
         if kind is Kind.TRANSIENT and status >= 500:
             self._retry_all(batch, action, request_id, failure=_in_words(action))
             return
-        self._api_answered()
+        # The API answered (anything but a 5xx): no outage, or the end of one.
+        if self._outage.answered(self._clock()):
+            self._wake()
         if kind is Kind.THROTTLED:
-            self._throttled(batch, sent_at, retry_after_s(retry_after), request_id)
+            self._throttled(batch, sent_at, retry_after_s(reply.retry_after), request_id)
             return
         self.pacer.answered()
         if kind is Kind.ITEMS:
-            self._size_worked(len(batch.customers))
-            if action.oddities:
-                self._emit(ev.OddItems(request_id, action.oddities))
-            applied = answers.apply_answer(
-                batch,
-                action.results,
-                request_id,
-                identifier=self._identifier,
-                max_attempts=self._max_attempts,
-            )
-            if applied.unexpected:  # never dropped: counted, logged, their pairs retryable
-                self._emit(
-                    ev.UnexpectedItems(
-                        request_id,
-                        applied.unexpected,
-                        [placing.describe(r, self._identifier) for r in applied.unplaced[:3]],
-                        len(applied.unconfirmed),
-                    )
-                )
-            self._settle(applied)
-            if self._unplaced_breaker.enabled:
-                self._judge_unplaced(batch, applied)
+            self._items(batch, action, request_id)
         elif kind is Kind.TRANSIENT:
             self._retry_all(batch, action, request_id)
         elif kind is Kind.SPLIT:
@@ -335,71 +336,43 @@ class Sender:
         else:
             self._stop_on(batch, action, request_id)
 
-    # --- acting on an answer -------------------------------------------------------------------
-
-    def _judge_unplaced(self, batch: Batch, applied: answers.Applied) -> None:
-        """Feed every answered pair to the breaker; most of them unplaced stops the run."""
-        breaker = self._unplaced_breaker
-        trip = None
-        for cust in batch.customers:
-            sample = None
-            if cust.customer in applied.unconfirmed:
-                named = placing.describe(applied.unplaced[0], self._identifier)
-                sample = mask_text(f"sent {self._identifier} {cust.customer}, answered {named}")
-            pairs = len(cust.pairs)  # one call per customer: the window counts pairs
-            trip = breaker.add("unplaced" if sample else None, sample, pairs=pairs) or trip
-        if trip is None or self._abort is not None:
-            return
-        hint = (
-            'if these are national numbers, set input.default_country_code (such as "91") '
-            "in the job file so that they are sent in full"
-            if self._identifier == "mobile"
-            else "check input.identifier and the values sent"
+    def _items(self, batch: Batch, action: Action, request_id: str | None) -> None:
+        """A readable answer: an outcome or a retry for every pair asked for."""
+        if self._sizes.accepted(len(batch.customers)):
+            self._wake()
+        if action.oddities:
+            self._emit(ev.OddItems(request_id, action.oddities))
+        applied = answers.apply_answer(
+            batch,
+            action.results,
+            request_id,
+            identifier=self._identifier,
+            max_attempts=self._max_attempts,
         )
-        self._abort = RunStopped(
-            "The API names customers differently from how they were sent: "
-            f"{int(100 * trip.share)}% of {trip.window_text()} got answers that match no "
-            f"customer sent ({trip.sample}): {hint}. The run stopped early, nothing more was "
-            "sent; the pairs sent are retryable (the API most likely processed them).",
-        )
-        self._emit(ev.Aborted("answers name customers differently", trip.share))
-        self.stop("most answers match no customer sent")
+        if applied.unexpected:  # never dropped: counted, logged, their pairs retryable
+            answered = [placing.describe(r, self._identifier) for r in applied.unplaced[:3]]
+            self._emit(
+                ev.UnexpectedItems(
+                    request_id, applied.unexpected, answered, len(applied.unconfirmed)
+                )
+            )
+        self._settle(applied)
+        self._halt(self._unplaced.judge(batch, applied))
 
     def _settle(self, applied: answers.Applied) -> None:
         """Journal the outcomes; queue the retries after their backoff."""
         record = self._journal.record
         for o in applied.outcomes:
             record(o)
-        if self._breaker is not None and applied.outcomes:
-            self._judge(applied.outcomes)
+        self._halt(self._failures.judge(applied.outcomes))
         self._schedule(applied.retries)
-
-    def _judge(self, outcomes: list[Outcome]) -> None:
-        """Feed the early stop one answer's pairs (retryable ones were not answered); stop the
-        run when nearly all of the latest answered pairs failed."""
-        breaker = self._breaker
-        assert breaker is not None
-        failed = [o for o in outcomes if o.status is Status.FAILED]
-        fine = sum(o.status is not Status.RETRYABLE for o in outcomes) - len(failed)
-        trip = breaker.add(None, pairs=fine)
-        for o in failed:
-            if trip is not None:
-                break
-            trip = breaker.add((o.code, o.message), _sample_of(o))
-        if trip is None:
-            return
-        self._emit(ev.TooManyFailures(trip.share, trip.window, trip.kind[0], trip.kind[1]))
-        if self._abort is None:
-            self._abort = RunStopped(failure_stop_message(trip, self._resume_command))
-        self.stop(f"{trip.share:.0%} of {trip.window_text()} failed")
 
     def _schedule(self, customers: list[PendingCustomer]) -> None:
         if not customers:
             return
         now = self._clock()
-        base_s, max_s = self._job.retry.backoff_base_s, self._job.retry.backoff_max_s
         # One wait for all of an answer's retries, so they come back together, a full request.
-        delay = backoff_s(max(p.attempts for c in customers for p in c.pairs), base_s, max_s)
+        delay = backoff_s(max(p.attempts for c in customers for p in c.pairs), *self._backoff)
         self._emit(ev.RetriesScheduled(len(customers), delay))
         for c in customers:
             self._queue.retry_at(c, now + delay)
@@ -411,7 +384,7 @@ class Sender:
         """Try the whole request again; `failure` (in words) when it counts toward an outage."""
         self._emit(ev.Retry(request_id, action.code, action.message, len(batch.customers)))
         if failure is not None:
-            self._api_failed(batch, failure)
+            self._outage.failed(self._clock(), batch, failure)
         applied = answers.retry_all(
             batch,
             action.code,
@@ -420,82 +393,9 @@ class Sender:
             lost=action.lost,
             max_attempts=self._max_attempts,
         )
-        if failure is not None and not self._outage.active:
-            self._streak_pairs.extend(p for c in applied.retries for p in c.pairs)
+        if failure is not None:
+            self._outage.retrying(p for c in applied.retries for p in c.pairs)
         self._settle(applied)
-
-    # --- outages -------------------------------------------------------------------------------
-
-    def _api_failed(self, batch: Batch, what: str) -> None:
-        """A whole request failed (no answer, or a 5xx): one more failure in a row."""
-        outage = self._outage
-        was_active = outage.active
-        now = self._clock()
-        if outage.failed(now, what):
-            self._emit(ev.OutageStarted(outage.streak, what))
-            for p in self._streak_pairs:  # the failures that led here were the outage too
-                p.attempts = max(0, p.attempts - 1)
-            self._streak_pairs.clear()
-        elif was_active and batch.outage_probe:
-            self._emit(ev.ProbeFailed(what, outage.failing_for_s(now), outage.next_probe_at - now))
-        if outage.active or batch.canary:
-            # Not an attempt: the outage, not this request, is the problem (see retry_all). So
-            # is a failed canary's: alone, it cannot join the streak that declares an outage.
-            for p in batch.pairs():
-                p.attempts -= 1
-
-    def _api_answered(self) -> None:
-        """The API answered (anything but a 5xx): no outage, or the end of one."""
-        self._streak_pairs.clear()
-        lasted_s = self._outage.answered(self._clock())
-        if lasted_s is not None:
-            self._emit(ev.OutageEnded(lasted_s))
-            self._wake()
-
-    def _give_up(self, now: float) -> None:
-        outage = self._outage
-        failing_s = outage.failing_for_s(now)
-        self._abort = RunStopped(
-            f"The API has been failing for {failing_s:.0f} seconds: every request got a 5xx or "
-            f"no answer, then every probe, one at a time; it last answered {outage.last_answer}. "
-            f"The run stopped (retry.give_up_after_seconds = {outage.give_up_after_s:g}); "
-            "nothing more was sent.",
-            hint="Resume the run when the API is back (batcher resume RUN_DIR): pairs with an "
-            "outcome are not sent again.",
-        )
-        self._emit(ev.GaveUp(failing_s, outage.last_answer, outage.give_up_after_s))
-        self.stop(f"the API has been failing for {failing_s:.0f} s")
-
-    # --- the batch limit -----------------------------------------------------------------------
-
-    def _size_worked(self, customers: int) -> None:
-        limit = self._limit
-        before = limit.learned
-        limit.accepted(customers)
-        self._note_learned(before)
-
-    def _note_learned(self, before: int | None) -> None:
-        learned = self._limit.learned
-        if learned != before:
-            limit = self._limit
-            self._emit(ev.BatchLimitChanged(learned, limit.configured, limit.refusals))
-            self._wake()
-
-    def _too_big(self, batch: Batch, action: Action, request_id: str | None) -> bool:
-        """A refusal of the request's size: its customers go back to be packed smaller."""
-        if not refused_for_size(action.status, action.code, action.message):
-            return False
-        limit = self._limit
-        before = limit.learned
-        if not limit.refused(len(batch.customers)):
-            return False
-        self._emit(ev.TooBig(request_id, action.status, action.code, len(batch.customers)))
-        now = self._clock()
-        for c in batch.customers:  # nothing was processed: not an attempt
-            self._queue.retry_at(c, now)
-        self._note_learned(before)
-        self._wake()
-        return True
 
     def _transport_error(self, batch: Batch, message: str, *, lost: str | None) -> None:
         self._emit(ev.TRANSPORT_FAILED)
@@ -512,21 +412,25 @@ class Sender:
         for o in applied.outcomes:
             self._journal.record(o)
         # Back in line at once: the pacer's pause is what holds everyone back.
+        self._again_now(applied.retries)
+
+    def _again_now(self, customers: list[PendingCustomer]) -> None:
         now = self._clock()
-        for c in applied.retries:
+        for c in customers:
             self._queue.retry_at(c, now)
         self._wake()
 
     def _split(self, batch: Batch, action: Action, request_id: str | None) -> None:
-        if self._too_big(batch, action, request_id):
+        status, code, customers = action.status, action.code, len(batch.customers)
+        if self._sizes.too_big(request_id, status, code, action.message, customers):
+            self._again_now(batch.customers)  # to be packed smaller; not an attempt
             return
-        halves = answers.split(batch, action.status, action.code, action.message, request_id)
+        halves = answers.split(batch, status, code, action.message, request_id)
         if not isinstance(halves, list):
             self._journal.record(halves)
-            if self._breaker is not None:
-                self._judge([halves])
+            self._halt(self._failures.judge([halves]))
             return
-        self._emit(ev.Split(request_id, action.status, action.code, len(batch.customers)))
+        self._emit(ev.Split(request_id, status, code, customers))
         self._queue.put_first(*halves)
         self._wake()
 
@@ -578,8 +482,5 @@ class Sender:
         )
 
     def _abort_with(self, error: RunStopped, batch: Batch) -> None:
-        if self._abort is None:
-            self._abort = error
-            self._emit(ev.Aborted(error.message))
         self._queue.put_first(batch)
-        self.stop("authentication refused")
+        self._halt(Stop("authentication refused", error, ev.Aborted(error.message)))

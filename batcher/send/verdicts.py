@@ -1,7 +1,8 @@
 """What a whole answer means for the request it answers: a pure function of status and body.
 
 The sender acts on the `Action`; what each item of an `ITEMS` answer means for its pair is
-`answers.apply_answer`'s business.
+`answers.apply_answer`'s business. A `Stop` is the verdict the sender's watchers (outage,
+breakers) hand the loop when the answers so far mean the whole run must stop.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from batcher.errors import RunStopped
 from batcher.send import contract
+from batcher.send.events import Aborted
 
 # Whole-request answers worth another try; everything 5xx is, too.
 TRANSIENT_STATUSES = frozenset({408, 425, 500, 502, 503, 504, 521})
@@ -86,3 +89,16 @@ def classify(
             Kind.TRANSIENT, status, None, f"unreadable answer: {e}", lost="unreadable body"
         )
     return Action(Kind.ITEMS, status, results=results, oddities=oddities)
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """A part of the sender's verdict on the whole run: stop it, with this error.
+
+    `reason` is what summary.json's `stopped` says; `announce`, the event that logs the error
+    when it is the run's first (later ones do not replace it).
+    """
+
+    reason: str
+    error: RunStopped
+    announce: Aborted | None = None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from batcher.send.batch_limit import BatchLimit, Sizing, refused_for_size
+from batcher.send import events as ev
+from batcher.send.batch_limit import BatchLimit, SizeWatch, Sizing, refused_for_size
 
 
 def search(limit: int, configured: int) -> tuple[BatchLimit, list[int]]:
@@ -88,3 +89,15 @@ def test_which_answers_are_refusals_for_size(
     status: int, code: int | None, message: str | None, size: bool
 ) -> None:
     assert refused_for_size(status, code, message) is size
+
+
+def test_the_size_watch_says_what_the_search_learned() -> None:
+    heard: list[ev.Event] = []
+    watch = SizeWatch(BatchLimit(8), heard.append)
+    assert not watch.too_big("q1", 400, None, "bad mobile", 8)  # an item, not the size
+    assert watch.too_big("q2", 400, 1060, "batch limit", 8)
+    assert heard == [ev.TooBig("q2", 400, 1060, 8)]
+    assert not watch.accepted(4)  # still searching
+    assert watch.too_big("q3", 400, 1060, None, 6)
+    assert watch.accepted(5)  # 5 taken, 6 refused: the limit is 5
+    assert heard[-2:] == [ev.TooBig("q3", 400, 1060, 6), ev.BatchLimitChanged(5, 8, 2)]

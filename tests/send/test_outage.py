@@ -6,7 +6,9 @@ import random
 
 import pytest
 
-from batcher.send.outage import FAILURES_TO_OUTAGE, Gate, Outage, probe_delay_s
+from batcher.send import events as ev
+from batcher.send.outage import FAILURES_TO_OUTAGE, Gate, Outage, OutageWatch, probe_delay_s
+from batcher.send.queue import Batch, PendingCustomer, PendingPair
 
 
 def outage(give_up_after_s: float = 600.0, base_s: float = 0.5, max_s: float = 30.0) -> Outage:
@@ -131,3 +133,41 @@ def test_late_failures_of_requests_sent_before_the_outage_do_not_move_the_probe(
     o.failed(0.1, "HTTP 502")
     assert o.next_probe_at == due
     assert o.last_answer == "HTTP 502"
+
+
+def _batch(customers: int, attempts: int) -> Batch:
+    return Batch(
+        [
+            PendingCustomer(f"c{i}", [PendingPair(i, f"c{i}", "gold", attempts=attempts)])
+            for i in range(customers)
+        ]
+    )
+
+
+def test_the_watch_gives_back_the_attempts_of_the_streak_that_became_an_outage() -> None:
+    heard: list[ev.Event] = []
+    watch = OutageWatch(outage(), heard.append)
+    streak = [_batch(2, attempts=1) for _ in range(FAILURES_TO_OUTAGE)]
+    for i, batch in enumerate(streak):
+        watch.failed(float(i), batch, "HTTP 503")
+        if i < FAILURES_TO_OUTAGE - 1:
+            watch.retrying(batch.pairs())
+    assert heard == [ev.OutageStarted(FAILURES_TO_OUTAGE, "HTTP 503")]
+    # Each earlier failure's attempt is given back; the last one's, as an attempt in an outage.
+    assert {p.attempts for b in streak for p in b.pairs()} == {0}
+
+    assert watch.answered(30.0)
+    assert heard[-1] == ev.OutageEnded(30.0)
+    assert not watch.answered(31.0)  # no outage to end
+
+
+def test_the_watch_stops_the_run_when_it_gives_up() -> None:
+    heard: list[ev.Event] = []
+    watch = OutageWatch(outage(give_up_after_s=20.0), heard.append)
+    for _ in range(FAILURES_TO_OUTAGE):
+        watch.failed(0.0, _batch(1, attempts=1), "HTTP 503")
+    stop = watch.give_up(25.0)
+    assert heard[-1] == ev.GaveUp(25.0, "HTTP 503", 20.0)
+    assert stop.reason == "the API has been failing for 25 s"
+    assert "retry.give_up_after_seconds = 20" in stop.error.message
+    assert stop.announce is None
