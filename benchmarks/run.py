@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import json
 import multiprocessing
 import os
@@ -39,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from batcher.send.contract import basic_header, md5_hex
 
 DELINK = "/v2/partnerProgram/deLinkCustomer"
 REPO = Path(__file__).resolve().parent.parent
@@ -75,9 +75,8 @@ def _bare_loop(
     _pin(1)
     import aiohttp
 
-    md5 = hashlib.md5(b"demo-password").hexdigest()
     headers = {
-        "Authorization": "Basic " + base64.b64encode(f"demo.till:{md5}".encode()).decode(),
+        "Authorization": basic_header("demo.till", md5_hex("demo-password")),
         "Content-Type": "application/json",
         "Accept": "application/json",
     }
@@ -164,9 +163,8 @@ def _bare_pairs(base_url: str, first: int, customers: int, concurrency: int, out
     import aiohttp
     import uvloop
 
-    md5 = hashlib.md5(b"demo-password").hexdigest()
     headers = {
-        "Authorization": "Basic " + base64.b64encode(f"demo.till:{md5}".encode()).decode(),
+        "Authorization": basic_header("demo.till", md5_hex("demo-password")),
         "Content-Type": "application/json",
         "Accept": "application/json",
     }

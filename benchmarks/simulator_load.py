@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import json
 import multiprocessing
 import os
 import time
 from typing import Any
+
+from batcher.send.contract import basic_header, md5_hex
 
 DELINK = "/v2/partnerProgram/deLinkCustomer"
 
@@ -50,8 +50,7 @@ def _serve(port_out: Any, stop: Any) -> None:
 
 
 def _request(host: str, i: int) -> bytes:
-    md5 = hashlib.md5(b"demo-password").hexdigest()
-    auth = base64.b64encode(f"demo.till:{md5}".encode()).decode()
+    auth = basic_header("demo.till", md5_hex("demo-password"))
     payload = json.dumps(
         {
             "deLinkCustomers": [
@@ -63,7 +62,7 @@ def _request(host: str, i: int) -> bytes:
         }
     ).encode()
     head = (
-        f"POST {DELINK} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {auth}\r\n"
+        f"POST {DELINK} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {auth}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
     )
     return head.encode() + payload
@@ -126,9 +125,8 @@ def _cli_load(seconds: float, concurrency: int, every_request: bool) -> None:
         base_url = server.stdout.readline().split(" on ", 1)[1].split(" ", 1)[0]
         # Read its log as a terminal would, so that the pipe never fills.
         threading.Thread(target=server.stdout.read, daemon=True).start()
-        md5 = hashlib.md5(b"demo-password").hexdigest()
         headers = {
-            "Authorization": "Basic " + base64.b64encode(f"demo.till:{md5}".encode()).decode(),
+            "Authorization": basic_header("demo.till", md5_hex("demo-password")),
             "Content-Type": "application/json",
         }
 

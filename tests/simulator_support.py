@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 
+from batcher.send.contract import basic_header, md5_hex
 from batcher.simulator.profile import Profile
 from batcher.simulator.server import Simulator
 from tests.conftest import profile_with
@@ -28,9 +27,7 @@ class FakeClock:
 
 
 def basic(user: str = "demo.till", password: str = "demo-password") -> dict[str, str]:
-    md5 = hashlib.md5(password.encode()).hexdigest()
-    token = base64.b64encode(f"{user}:{md5}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
+    return {"Authorization": basic_header(user, md5_hex(password))}
 
 
 def body(*customers: tuple[Any, list[str]], identifier: str = "mobile") -> dict[str, Any]:

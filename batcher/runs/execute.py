@@ -57,7 +57,7 @@ def resolve_credentials(job: Job, profile: Profile | None) -> Credentials:
     if profile is not None:
         creds = profile.credentials
         if job.api.auth == "basic":
-            from batcher.send.auth import md5_hex
+            from batcher.send.contract import md5_hex
 
             return Credentials(
                 "basic", username=creds.basic_username, password_md5=md5_hex(creds.basic_password)

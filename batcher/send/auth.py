@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import json
 import os
 import time
@@ -22,7 +21,7 @@ import structlog
 from batcher.errors import CredentialsError, RunStopped
 from batcher.job import AuthKind
 from batcher.present import logs
-from batcher.send.contract import TOKEN_PATH
+from batcher.send.contract import TOKEN_PATH, basic_header, md5_hex
 
 log = structlog.get_logger("batcher.send.auth")
 
@@ -31,16 +30,6 @@ ENV_PASSWORD = "CAPILLARY_PASSWORD"
 ENV_PASSWORD_MD5 = "CAPILLARY_PASSWORD_MD5"
 ENV_CLIENT_KEY = "CAPILLARY_CLIENT_KEY"
 ENV_CLIENT_SECRET = "CAPILLARY_CLIENT_SECRET"
-
-
-def md5_hex(password: str) -> str:
-    return hashlib.md5(password.encode("utf-8")).hexdigest()
-
-
-def basic_header(username: str, password_md5: str) -> str:
-    """Capillary's Basic scheme: base64(username + ":" + md5_hex(password))."""
-    raw = f"{username}:{password_md5}".encode()
-    return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)

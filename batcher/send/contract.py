@@ -6,7 +6,9 @@ name, never by position: no source promises order or completeness.
 
 from __future__ import annotations
 
+import base64
 import enum
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -14,6 +16,17 @@ from typing import Any, NamedTuple
 DELINK_PATH = "/v2/partnerProgram/deLinkCustomer"
 TOKEN_PATH = "/v3/oauth/token/generate"
 REQUEST_ID_HEADERS = ("X-CAP-REQUEST-ID", "X-Cap-Requestid")
+
+
+def md5_hex(password: str) -> str:
+    return hashlib.md5(password.encode("utf-8")).hexdigest()
+
+
+def basic_header(username: str, password_md5: str) -> str:
+    """Capillary's Basic scheme: base64(username + ":" + md5_hex(password)); the one place it
+    is built (the sender, the simulator, the tests and the benchmarks use it)."""
+    raw = f"{username}:{password_md5}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
 class Verdict(enum.StrEnum):

@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from batcher.send.contract import DELINK_PATH, TOKEN_PATH
+from batcher.send.contract import DELINK_PATH, TOKEN_PATH, basic_header, md5_hex
 from batcher.simulator import responses as r
 from batcher.simulator.delink import BadRequest, Delinker
 from batcher.simulator.faults import RequestFault, Trouble
@@ -90,8 +90,7 @@ class Simulator:
         self._log_request = log_request
         self.delinker = Delinker(profile, self.state, self.trouble, self.counters)
         creds = profile.credentials
-        md5 = hashlib.md5(creds.basic_password.encode()).hexdigest()
-        self._basic = "Basic " + base64.b64encode(f"{creds.basic_username}:{md5}".encode()).decode()
+        self._basic = basic_header(creds.basic_username, md5_hex(creds.basic_password))
         self._tokens: dict[str, float] = {}  # token -> expiry on `clock`
         self._request_seq = 0
         self._first_request_at: float | None = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
@@ -14,12 +13,13 @@ import pytest
 import structlog
 
 from batcher.present import logs
+from batcher.send.contract import basic_header
 from tests.conftest import Sim, clean_profile, only_run_dir, run_cli, write_job
 
 PASSWORD = "demo-password"
 PASSWORD_MD5 = hashlib.md5(PASSWORD.encode()).hexdigest()
 CLIENT_SECRET = "demo-secret"
-BASIC_HEADER = base64.b64encode(f"demo.till:{PASSWORD_MD5}".encode()).decode()
+BASIC_HEADER = basic_header("demo.till", PASSWORD_MD5).removeprefix("Basic ")
 # The simulator's token format (batcher/simulator/server.py): a JWT-looking header, claims, sha256.
 TOKEN_RE = re.compile(r"eyJhbGciOiJIUzI1NiJ9\.[A-Za-z0-9_-]+\.[0-9a-f]{64}")
 UNMASKED_MOBILE_RE = re.compile(r"(?<![0-9])9198[0-9]{8}(?![0-9])")
