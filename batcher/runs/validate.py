@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +16,12 @@ from batcher.input.tables import REJECT_VERDICT, batcher_column, write_table
 from batcher.job import Job
 from batcher.plan import Plan, PlanFigures, plan_figures
 from batcher.present.progress import clock
+from batcher.results.outcomes import utc_now
 from batcher.results.summary import InputFacts, PlanSummary, ValidateSummary
 from batcher.runs.rundir import RunDir, write_json
 from batcher.runs.upload import check_output, upload_results_or_log
 
 PREVIEW_REQUESTS = 5
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def reject_columns(source: Source) -> list[pl.Expr]:
@@ -172,7 +168,7 @@ def print_summary(summary: ValidateSummary, run_dir: Path, console: Console | No
 def validate(job: Job) -> tuple[RunDir, ValidateSummary, int]:
     """Load, check and plan the job's input; write rejects, plan preview and summary; upload
     them to a bucket output dir. The exit code: 1 when that upload failed."""
-    started_at = _now()
+    started_at = utc_now()
     # Load first: an unusable input raises InputError before any run folder exists.
     check_output(job)  # an output bucket that cannot be reached: refused before any work
     source = load_source(job)
@@ -190,7 +186,7 @@ def validate(job: Job) -> tuple[RunDir, ValidateSummary, int]:
     summary = ValidateSummary(
         **plan_summary(job, folder.run_id, source, figures).plan_fields(),
         started_at=started_at,
-        finished_at=_now(),
+        finished_at=utc_now(),
         outputs={"rejects": rejects.name if rejects else None, "plan_preview": preview.name},
     )
     folder.write_summary(summary)
