@@ -19,6 +19,7 @@ from typing import Literal
 
 import polars as pl
 
+from batcher.atomic import OWNER_ONLY, atomic_path
 from batcher.errors import BatcherError
 
 TableFormat = Literal["csv", "parquet", "xlsx"]
@@ -116,27 +117,18 @@ def write_table(
         return _write_xlsx(data, path, sheet or "Sheet1")
     elif fmt not in ("csv", "parquet"):
         raise ValueError(f"unknown table format {fmt!r}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    # Created owner-only before any data goes in (it holds customer identifiers).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if fmt == "csv" and dialect.is_utf8:
-                f.write(_BOM)  # how a spreadsheet knows the file is UTF-8
-                data.write_csv(f, separator=dialect.separator)
-            elif fmt == "csv":
-                # Every input value came from this encoding, so it encodes back; only text
-                # batcher adds (an API message) could hold a character it lacks.
-                text = data.write_csv(separator=dialect.separator)
-                f.write(text.encode(dialect.encoding, errors="replace"))
-            else:
-                data.write_parquet(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # Owner-only before any data goes in (it holds customer identifiers).
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        if fmt == "csv" and dialect.is_utf8:
+            f.write(_BOM)  # how a spreadsheet knows the file is UTF-8
+            data.write_csv(f, separator=dialect.separator)
+        elif fmt == "csv":
+            # Every input value came from this encoding, so it encodes back; only text
+            # batcher adds (an API message) could hold a character it lacks.
+            text = data.write_csv(separator=dialect.separator)
+            f.write(text.encode(dialect.encoding, errors="replace"))
+        else:
+            data.write_parquet(f)
     return path
 
 
@@ -155,10 +147,9 @@ def _write_xlsx(data: pl.DataFrame, path: Path, sheet: str) -> Path:
             f"{data.height:,} rows do not fit in one Excel sheet (at most {XLSX_MAX_ROWS - 1:,}).",
             hint="Write it as .parquet or .csv instead.",
         )
-    tmp = path.with_name(f".{path.name}.tmp")
     skeleton = path.with_name(f".{path.name}.head.tmp")
-    for part in (tmp, skeleton):  # created owner-only before any data goes in
-        os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    # Created owner-only before any data goes in.
+    os.close(os.open(skeleton, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, OWNER_ONLY))
     try:
         book = xlsxwriter.Workbook(
             str(skeleton),
@@ -173,13 +164,8 @@ def _write_xlsx(data: pl.DataFrame, path: Path, sheet: str) -> Path:
         for c, column in enumerate(data.columns):
             ws.write_string(0, c, column)
         book.close()
-        _splice_rows(skeleton, tmp, data)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        with atomic_path(path) as tmp:
+            _splice_rows(skeleton, tmp, data)
     finally:
         skeleton.unlink(missing_ok=True)
     return path
@@ -298,9 +284,7 @@ def sink_table(
         frame = frame.with_columns(neutralise_formula(c) for c in strings)
     elif fmt != "parquet":
         raise ValueError(f"unknown table format {fmt!r}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # owner-only from birth
-    try:
+    with atomic_path(path) as tmp:  # owner-only from birth
         if fmt == "csv":
             raw = path.with_name(f".{path.name}.raw")
             try:
@@ -310,15 +294,6 @@ def sink_table(
                 raw.unlink(missing_ok=True)
         else:
             frame.sink_parquet(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, pushadd_to_gateway
 from prometheus_client.parser import text_string_to_metric_families
 
+from batcher.atomic import write_atomic
 from batcher.job import Job
 from batcher.results.journal import Journal
 from batcher.results.outcomes import SENT_STATUSES, STATUSES
@@ -102,15 +102,7 @@ def write_textfile(path: Path, fig: RunFigures, now_s: float | None = None) -> N
     )
     data = generate_latest(registry_for(fig, last_success))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.fchmod(fd, 0o644)  # the umask of a CLI run is 077
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=0o644)  # not owner-only, whatever the umask (a CLI run's: 077)
 
 
 def push(gateway: str, fig: RunFigures, now_s: float | None = None) -> None:

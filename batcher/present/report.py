@@ -12,6 +12,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from batcher.atomic import write_atomic
 from batcher.present import logs
 from batcher.present.console import org_text, quota_text
 from batcher.results.outcomes import STATUSES
@@ -244,7 +245,5 @@ def render_report(summary: RunSummary) -> str:
 
 def write_report(summary: RunSummary, path: Path) -> Path:
     """Write the run's report.html (owner-only, like everything in a run folder)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_report(summary), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, render_report(summary))
     return path

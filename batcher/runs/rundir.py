@@ -8,13 +8,13 @@ summary.json and manifest.json are written and read only through it, as typed va
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from batcher.atomic import write_atomic
 from batcher.errors import BatcherError
 from batcher.job import Job
 from batcher.results.journal import JOURNAL_NAME
@@ -205,11 +205,6 @@ class RunDir:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a reader never sees half a file, a crash never leaves one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write JSON atomically and owner-only: a reader never sees half a file, a crash never
+    leaves one."""
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
