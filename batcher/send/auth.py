@@ -256,7 +256,6 @@ class Authenticator:
         self.claims: TokenClaims | None = None
         self._expires_at = 0.0
         self._lock: asyncio.Lock | None = None
-        self.refreshes = 0
         if credentials.kind == "basic":
             self._static = {
                 "Authorization": basic_header(credentials.username, credentials.password_md5)
@@ -275,9 +274,6 @@ class Authenticator:
     @property
     def uses_tokens(self) -> bool:
         return self._credentials.kind == "oauth"
-
-    def secrets(self) -> tuple[str, ...]:
-        return self._credentials.secrets() + ((self._token,) if self._token else ())
 
     async def prepare(self, session: aiohttp.ClientSession) -> TokenClaims | None:
         """Before anything is sent: fetch the OAuth token (so its claims name the org)."""
@@ -359,4 +355,3 @@ class Authenticator:
             # Refresh early by the margin, but never so early that a short-lived token is useless.
             self._margin_s = min(self._margin_s, ttl / 4)
             self._expires_at = self._clock() + ttl
-            self.refreshes += 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,13 +225,6 @@ class State:
             if index is not None and self.is_linked(index, program):
                 out.append((value, program))
         return out
-
-    def all_links(self) -> Iterator[tuple[int, str]]:
-        """Every live link as (customer index, program); walks the whole state."""
-        for i in range(self.customer_count):
-            for p in self.programs:
-                if self.is_linked(i, p):
-                    yield i, p
 
     # --- file state ---------------------------------------------------------------------
 
