@@ -15,6 +15,7 @@ from typing import IO, Any
 
 import polars as pl
 import pytest
+import structlog
 
 from batcher.simulator.profile import Profile, profile_from_dict
 from batcher.simulator.server import SimulatorThread
@@ -59,6 +60,16 @@ def batcher_state_dir(
     path = tmp_path_factory.mktemp("state")
     monkeypatch.setenv("BATCHER_STATE_DIR", str(path))
     return path
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging() -> None:
+    """Each test starts with structlog as a new process has it: unconfigured, nothing bound.
+
+    A test that configured it (structlog.testing.capture_logs leaves it "configured" with the
+    defaults) must not decide where the next test's events go, on stdout or into its run log."""
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
 
 
 @pytest.fixture
