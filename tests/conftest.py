@@ -228,3 +228,9 @@ def only_run_dir(out: Path, job: str = "e2e") -> Path:
 def read_summary(run_dir: Path) -> dict[str, Any]:
     summary: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
     return summary
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The soak first: with two workers it then overlaps the rest of the suite instead of
+    running alone at its end (the order within each group is kept)."""
+    items.sort(key=lambda item: item.get_closest_marker("soak") is None)
