@@ -67,7 +67,7 @@ def test_sigkill_at_random_points_then_resume_loses_and_resends_nothing_confirme
     customers = 25_000
     rows = write_pairs(tmp_path / "pairs.csv", range(customers), PROGRAMS)
     assert rows == 100_000
-    job = write_job(tmp_path, sim.base_url, api={"rate": "150/second", "customers_per_request": 50})
+    job = write_job(tmp_path, sim.base_url, api={"rate": "400/second", "customers_per_request": 50})
     out = tmp_path / "out"
     rng = random.Random(2026)
     kill_points = sorted(rng.sample(range(5_000, 95_000), 3))  # journalled outcomes at the kill
