@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ from click.testing import CliRunner
 from batcher.cli import main
 from batcher.errors import JobError
 from batcher.job import load_job
+from tests.conftest import run_cli
 
 GOOD = """
 name = "t"
@@ -67,30 +66,14 @@ def test_bad_identifier_names_allowed_values(tmp_path: Path) -> None:
 
 
 def test_missing_job_file_is_exit_2_without_traceback(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "batcher.cli", "validate", str(tmp_path / "nope.toml")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = run_cli("validate", str(tmp_path / "nope.toml"))
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_secret_key_points_at_the_environment(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "batcher.cli",
-            "validate",
-            str(write_job(tmp_path, GOOD + 'client_secret = "x"\n')),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = run_cli("validate", str(write_job(tmp_path, GOOD + 'client_secret = "x"\n')))
     assert proc.returncode == 2
     assert "CAPILLARY_" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -12,14 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from batcher.cli import main
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "batcher.cli", *args], capture_output=True, text=True, check=False
-    )
 
 
 def only_run_dir(out: Path, job: str) -> Path:

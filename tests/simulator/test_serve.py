@@ -17,7 +17,7 @@ import structlog.testing
 
 from batcher.simulator.serve import RequestLog
 from batcher.simulator.server import SimulatorThread
-from tests.conftest import mobile
+from tests.conftest import mobile, run_cli
 from tests.simulator_support import basic, body, profile
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,13 +41,7 @@ def _post(url: str, payload: object) -> tuple[int, object]:
 def test_simulate_with_a_bad_profile_exits_2_with_the_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[quota]\nwindow = 'rolling'\n")
-    done = subprocess.run(
-        _batcher("simulate", "--profile", str(bad)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    done = run_cli("simulate", "--profile", str(bad))
     assert done.returncode == 2
     assert "Error: Simulator profile" in done.stderr
     assert "quota.window" in done.stderr
