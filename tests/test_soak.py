@@ -89,7 +89,7 @@ def test_soak_every_fault_at_once_then_retry_finishes_the_job(
     )
     out = tmp_path / "out"
 
-    first = run_cli("run", str(job), "--log-format", "json", "--quiet")
+    first = run_cli("run", str(job), "--log-format", "json", "--quiet", process=True)
 
     assert first.returncode == 1, first.stdout + first.stderr[-3000:]
     assert "Traceback" not in first.stderr
