@@ -119,7 +119,7 @@ def test_interrupt_finishes_in_flight_writes_files_and_says_how_to_resume(
     tmp_path: Path, simulator: Sim, sig: signal.Signals
 ) -> None:
     sim = simulator(clean_profile(latency={"fixed_ms": 20}))
-    rows = write_pairs(tmp_path / "pairs.csv", range(2_000), PROGRAMS)
+    rows = write_pairs(tmp_path / "pairs.csv", range(1_000), PROGRAMS)  # 100 requests, 2 s
     job = write_job(tmp_path, sim.base_url, api={"rate": "50/second", "customers_per_request": 10})
     out = tmp_path / "out"
 
@@ -201,7 +201,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(
 
 def test_resume_refuses_a_changed_input_unless_forced(tmp_path: Path, simulator: Sim) -> None:
     sim = simulator(clean_profile(latency={"fixed_ms": 10}))
-    write_pairs(tmp_path / "pairs.csv", range(1_000), PROGRAMS)
+    write_pairs(tmp_path / "pairs.csv", range(500), PROGRAMS)  # 100 requests, 2.5 s
     job = write_job(tmp_path, sim.base_url, api={"rate": "40/second", "customers_per_request": 5})
     proc = start_cli("run", str(job), "--quiet")
     wait_for_journal(tmp_path / "out", 50, proc)
@@ -218,7 +218,7 @@ def test_resume_refuses_a_changed_input_unless_forced(tmp_path: Path, simulator:
     forced = run_cli("resume", str(run_dir), "--force", "--quiet")
     assert forced.returncode == 0, forced.stderr
     outcomes = pl.read_parquet(run_dir / "outcomes.parquet")
-    assert outcomes.height == 4_001
+    assert outcomes.height == 2_001
     assert max(p["attempts"] for p in sim.snapshot()["pairs"]) == 1
 
 
@@ -267,7 +267,7 @@ def test_a_second_interrupt_stops_at_once_and_the_journal_keeps_what_was_confirm
     tmp_path: Path, simulator: Sim
 ) -> None:
     sim = simulator(clean_profile(latency={"fixed_ms": 300}))
-    rows = write_pairs(tmp_path / "pairs.csv", range(400), PROGRAMS)
+    rows = write_pairs(tmp_path / "pairs.csv", range(200), PROGRAMS)  # 100 requests, 2.5 s
     job = write_job(tmp_path, sim.base_url, api={"rate": "40/second", "customers_per_request": 2})
     proc = start_cli("run", str(job), "--quiet")
     wait_for_journal(tmp_path / "out", 40, proc)

@@ -84,7 +84,7 @@ def test_resume_after_refused_credentials_reports_no_unsent_pair_as_delinked(
 
 def _stop_then_resume(tmp_path: Path, simulator: Sim, sig: signal.Signals) -> None:
     sim = simulator(clean_profile(state=HALF_LINKED, latency={"fixed_ms": 20}))
-    rows = write_pairs(tmp_path / "pairs.csv", range(600), PROGRAMS)
+    rows = write_pairs(tmp_path / "pairs.csv", range(200), PROGRAMS)  # 40 requests, 2 s
     # A slow quota: most workers wait for a send slot when the signal comes.
     job = write_job(tmp_path, sim.base_url, api={"rate": "20/second", "customers_per_request": 5})
     out = tmp_path / "out"
