@@ -54,18 +54,14 @@ def _child(kind: str, path: Path) -> None:
     start = time.perf_counter()
     if kind == "ours":
         from batcher.job import load_job
-        from batcher.runs.validate import validate_job
+        from batcher.runs.validate import validate
 
         job_file = DATA / f"bench-{path.suffix[1:]}.toml"
         job_file.write_text(
             f'name = "bench"\n[input]\npath = "{path.name}"\n[api]\nbase_url = "simulator"\n'
             f'[output]\ndir = "{DATA / "output"}"\n'
         )
-        from io import StringIO
-
-        from rich.console import Console
-
-        validate_job(load_job(job_file), Console(file=StringIO()))
+        validate(load_job(job_file))
     else:
         csv = path.suffix == ".csv"
         lf = pl.scan_csv(path, infer_schema=False) if csv else pl.scan_parquet(path)

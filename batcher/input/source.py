@@ -8,8 +8,13 @@ no Python runs per row.
 from __future__ import annotations
 
 import codecs
+import itertools
+import os
 import re
-from collections.abc import Callable
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +122,9 @@ _CONTROL_CHARS_RE = r"[\x00-\x1f\x7f]"
 
 # Rows per row group of a parked Source: a range of rows is read back without the rest.
 PARKED_ROW_GROUP = 65_536
+# Rows read and validated at a time: a bigger input is validated a chunk at a time and its
+# rows wait on disk (see `_validate_in_chunks`), so memory does not grow with the input.
+CHUNK_ROWS = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +152,8 @@ class Source:
     # Each renamed column's name in the input file (`status` for `input_status`).
     original_names: dict[str, str] = field(default_factory=dict)
     dialect: CsvDialect = field(default_factory=CsvDialect)  # the input's CSV dialect: ours too
+    # A big input's rows wait on disk from the start: then `rows` holds only status and reason.
+    parked: _Parked | None = None
 
     def as_written(self, columns: list[str] | None = None) -> list[pl.Expr]:
         """`columns` (default: the input's) under the names they have in the input file."""
@@ -165,18 +175,41 @@ class Source:
         got = dict(self.rows.get_column("reason").drop_nulls().value_counts().iter_rows())
         return {r: int(got[r]) for r in REASONS if r in got}
 
+    def scan(self) -> pl.LazyFrame:
+        """Every row with all its columns (`rows` unless they wait on disk)."""
+        return self.rows.lazy() if self.parked is None else self.parked.scan()
+
+    def not_valid(self) -> pl.DataFrame:
+        """The rejected and duplicate rows, with all their columns."""
+        return self.scan().filter(pl.col("status") != "valid").collect()
+
     def park(self, path: Path) -> None:
         """Write the rows to `path` (Parquet) and keep only `status` and `reason` in memory.
 
         For a run, whose rows wait while their pairs are sent: the counts still work, and the
         end of the run reads the rows back from `path` a range at a time. Every holder of this
         Source sees the slim rows (the frame is swapped in place), so the full ones are freed.
+        A big input's rows already wait on disk: they are moved into `path`.
         """
+        if self.parked is not None:
+            self.parked.scan().sink_parquet(
+                path, compression="lz4", row_group_size=PARKED_ROW_GROUP
+            )
+            self.parked.discard()
+            object.__setattr__(self, "parked", None)
+            return
         self.rows.write_parquet(path, compression="lz4", row_group_size=PARKED_ROW_GROUP)
         object.__setattr__(self, "rows", self.rows.select("status", "reason"))
 
     def pairs(self) -> pl.DataFrame:
         """The valid rows as the planner wants them: _key, _customer, _program."""
+        if self.parked is not None:
+            return (
+                self.parked.scan()
+                .filter(pl.col("status") == "valid")
+                .select("_key", "_customer", "_program")
+                .collect()
+            )
         pairs = self.rows.select("_key", "_customer", "_program")
         valid = self.rows.get_column("status") == "valid"
         # Usually every row is valid: then filtering would only copy the three columns.
@@ -341,13 +374,19 @@ def _open_file(
 
 
 class _FileRows(NamedTuple):
-    frame: pl.DataFrame  # row, source_file, (sheet), then the columns after the rename rule
+    # (first row, rows or None for all) -> those rows, lazily: row, source_file, (sheet), then
+    # the columns after the rename rule
+    rows_from: Callable[[int, int | None], pl.LazyFrame]
+    schema: pl.Schema
     id_col: str
     prog_col: str
     sheet: str | None
-    blank_lines: int
+    blank_lines: int  # a workbook's empty rows, skipped as its sheet was read
     float_identifier: bool  # a Parquet identifier column of floats (its values read 9.2e11)
     original_names: dict[str, str]  # renamed column -> its name in the file
+    path: str
+    fmt: Format
+    encoding: str
 
 
 def _read_file(
@@ -357,12 +396,9 @@ def _read_file(
     label: str,
     notes: list[str],
 ) -> _FileRows:
-    """One file's rows: `row` (1-based), `source_file`, (`sheet`), then its columns after the
-    rename rule; also the identifier and program columns' names, and the sheet's name.
-
-    Blank lines (and rows of empty cells) are dropped but keep their number, so that `row` is
-    the line a person sees in a spreadsheet, minus the header.
-    """
+    """One file's rows, not read yet (see `_file_batches`): `row` (1-based), `source_file`,
+    (`sheet`), then its columns after the rename rule; also the identifier and program
+    columns' names, and the sheet's name."""
     inp = job.input
     lf, names, sheet, skipped = _open_file(path, fmt, job, label)
     position: dict[str, pl.DataType] = {"row": pl.Int64(), "source_file": pl.String()}
@@ -377,7 +413,19 @@ def _read_file(
                 inp.program_column: pl.String,
             }
         )
-        return _FileRows(empty, inp.identifier_column, inp.program_column, sheet, 0, False, {})
+        return _FileRows(
+            lambda _start, _length: empty.lazy(),
+            empty.schema,
+            inp.identifier_column,
+            inp.program_column,
+            sheet,
+            0,
+            False,
+            {},
+            path,
+            fmt,
+            inp.encoding,
+        )
 
     # polars renames a repeated header to <name>_duplicated_<n>: which one is meant is a guess.
     repeated = [
@@ -423,35 +471,85 @@ def _read_file(
         # Parquet keeps types: identifiers and programs become text (an integer mobile casts
         # exactly; a float one shows its float text and is rejected, never silently rounded).
         lf = lf.with_columns(pl.col(c).cast(pl.String) for c in {id_col, prog_col} if c)
-    if sheet is not None:  # rows keep the sheet's numbering (empty rows were skipped)
-        lf = lf.select(
-            pl.col(excel.SHEET_ROW).alias("row"),
-            pl.lit(label, dtype=pl.String).alias("source_file"),
-            pl.lit(sheet, dtype=pl.String).alias("sheet"),
-            pl.exclude(excel.SHEET_ROW),
-        )
-    else:
-        lf = lf.with_row_index("row", offset=1).select(
+    base = lf
+
+    def rows_from(start: int, length: int | None) -> pl.LazyFrame:
+        # The slice comes first, so the reader skips to it; the row number follows it.
+        part = base if length is None else base.slice(start, length)
+        if sheet is not None:  # rows keep the sheet's numbering (empty rows were skipped)
+            return part.select(
+                pl.col(excel.SHEET_ROW).alias("row"),
+                pl.lit(label, dtype=pl.String).alias("source_file"),
+                pl.lit(sheet, dtype=pl.String).alias("sheet"),
+                pl.exclude(excel.SHEET_ROW),
+            )
+        return part.with_row_index("row", offset=start + 1).select(
             pl.col("row").cast(pl.Int64),
             pl.lit(label, dtype=pl.String).alias("source_file"),
             pl.exclude("row"),
         )
-    try:
-        frame = lf.collect()
-    except pl.exceptions.PolarsError as e:
-        if fmt == "csv" and "utf-8" in str(e).lower():
-            raise _not_utf8_error(path, inp.encoding) from e
-        raise _unreadable(path, fmt, e) from e
-    except OSError as e:
-        raise _unreadable(path, fmt, e) from e
+
     id_col, prog_col = id_col or inp.identifier_column, prog_col or inp.program_column
-    blank = _blank_rows(frame, id_col)
-    blank_lines = skipped  # a workbook's empty rows, skipped as its sheet was read
-    if blank is not None:
-        blank_lines += int(blank.sum())
-        frame = frame.filter(~blank)
     originals = {new: old for old, new in kept.items() if new != old}
-    return _FileRows(frame, id_col, prog_col, sheet, blank_lines, float_identifier, originals)
+    return _FileRows(
+        rows_from,
+        rows_from(0, None).collect_schema(),
+        id_col,
+        prog_col,
+        sheet,
+        skipped,
+        float_identifier,
+        originals,
+        path,
+        fmt,
+        inp.encoding,
+    )
+
+
+def _slices(got: _FileRows, rows: int | None) -> Iterator[pl.DataFrame]:
+    """The file's rows, `rows` at a time (None: at once).
+
+    Each slice is its own query: the reader skips to it (Parquet by row group, CSV by line)
+    and holds only its rows. polars' own batch iterators read ahead without bound (the whole
+    of a 10M-row CSV while the first chunk was being validated).
+    """
+    if rows is None:
+        yield got.rows_from(0, None).collect()
+        return
+    start = 0
+    while True:
+        frame = got.rows_from(start, rows).collect()
+        yield frame
+        if frame.height < rows:
+            return
+        start += rows
+
+
+def _file_batches(
+    got: _FileRows, chunk_rows: int | None, blank_lines: list[int]
+) -> Iterator[pl.DataFrame]:
+    """The file's rows, read `chunk_rows` at a time (None: at once), blank rows dropped.
+
+    Blank lines (and rows of empty cells) are dropped but keep their number, so that `row` is
+    the line a person sees in a spreadsheet, minus the header; `blank_lines[0]` counts them.
+    """
+    try:
+        given = False
+        for frame in _slices(got, None if got.fmt == "xlsx" else chunk_rows):
+            blank = _blank_rows(frame, got.id_col)
+            if blank is not None:
+                blank_lines[0] += int(blank.sum())
+                frame = frame.filter(~blank)
+            given = True
+            yield frame
+        if not given:  # no rows at all: the columns still count
+            yield pl.DataFrame(schema=got.schema)
+    except pl.exceptions.PolarsError as e:
+        if got.fmt == "csv" and "utf-8" in str(e).lower():
+            raise _not_utf8_error(got.path, got.encoding) from e
+        raise _unreadable(got.path, got.fmt, e) from e
+    except OSError as e:
+        raise _unreadable(got.path, got.fmt, e) from e
 
 
 def _unreadable(path: Path | str, fmt: Format, e: BaseException) -> InputError:
@@ -549,8 +647,10 @@ def count_national_mobiles(source: Source, digits: int) -> int:
     if source.identifier != "mobile" or source.row_count == 0:
         return 0
     either = f"{national_mobile_re(digits)}|{national_mobile_re(digits, trunk=True)}"
-    found = source.rows.select(
-        ((pl.col("status") == "valid") & pl.col("_customer").str.contains(either)).sum()
+    found = (
+        source.scan()
+        .select(((pl.col("status") == "valid") & pl.col("_customer").str.contains(either)).sum())
+        .collect()
     )
     return int(found.item() or 0)
 
@@ -625,6 +725,20 @@ def validate_rows(
 
     `national`: complete national mobiles with a country code (see NationalMobiles).
     """
+    return _validate(frame, identifier, id_column, program_column, national)[0]
+
+
+def _validate(
+    frame: pl.DataFrame,
+    identifier: Identifier,
+    id_column: str,
+    program_column: str,
+    national: NationalMobiles | None = None,
+    *,
+    with_hashes: bool = False,
+) -> tuple[pl.DataFrame, pl.Series | None]:
+    """`validate_rows`, and with `with_hashes` each row's 64-bit hash of its (customer,
+    program) pair as the dedupe sees it (null for a rejected row)."""
     # Columns read in parallel come in chunks of different sizes; every eager operation on a
     # frame whose columns are chunked differently first copies all of them into line (about
     # 900 MB and 1 s for 10M rows, each time). One copy here keeps every later frame aligned.
@@ -751,6 +865,9 @@ def validate_rows(
         )
     position = [c for c in POSITION_COLUMNS if c in frame.columns]
     originals = [c for c in frame.columns if c != "_key" and c not in position]
+    hashes = None
+    if with_hashes:
+        hashes = checked.select(pl.when(pl.col("_problem") == 0).then(pl.col("_pair"))).to_series()
     return checked.select(
         "_key",
         *position,
@@ -761,7 +878,7 @@ def validate_rows(
         problem.replace_strict(reasons, default=None, return_dtype=REASON).alias("reason"),
         message.alias("message"),
         duplicate_of.alias("duplicate_of"),
-    )
+    ), hashes
 
 
 def load_source(job: Job) -> Source:
@@ -803,6 +920,7 @@ def _source(job: Job, files: list[InputFile], loaded: _Loaded, is_glob: bool) ->
         blank_lines=loaded.blank_lines,
         original_names=loaded.original_names,
         dialect=dialect_of(job),
+        parked=loaded.parked,
     )
 
 
@@ -821,10 +939,191 @@ class _Loaded(NamedTuple):
     sheet: str | None
     blank_lines: int
     original_names: dict[str, str]
+    parked: _Parked | None
 
 
-def _load_rows(job: Job, paths: list[str]) -> _Loaded:
-    """The files' rows, validated, with what was learnt reading them."""
+class _PairCollision(Exception):
+    """Two different pairs of one hash, in two chunks: the chunked dedupe cannot tell them."""
+
+
+class _Parked:
+    """Validated rows waiting on disk, one file per chunk (removed with this object).
+
+    `slim` holds each row's status and reason in memory, in order, for the counts."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="batcher-rows-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, True)
+        self.parts: list[Path] = []
+        self.starts: list[int] = []  # the first _key of each part
+        self.rows = 0
+        self.slim = pl.DataFrame(schema={"status": STATUS, "reason": REASON})
+
+    def add(self, rows: pl.DataFrame) -> None:
+        self.starts.append(self.rows)
+        self.rows += rows.height
+        path = self.dir / f"part-{len(self.parts):05d}.arrow"
+        # Arrow IPC, uncompressed: written at memory speed (Parquet took 4x longer), and the
+        # files live only until the run parks the rows as Parquet or `validate` ends.
+        rows.write_ipc(path, compression="uncompressed")
+        self.parts.append(path)
+
+    def scan(self) -> pl.LazyFrame:
+        return pl.scan_ipc(self.parts)
+
+    def discard(self) -> None:
+        self._cleanup()
+
+
+def _validate_in_chunks(
+    job: Job,
+    groups: Iterator[list[pl.DataFrame]],
+    union: dict[str, pl.DataType],
+    id_col: str,
+    prog_col: str,
+    national: NationalMobiles | None,
+    float_files: list[str],
+) -> _Parked:
+    """Validate and park the rows a chunk at a time; memory holds one chunk and 8 bytes a row.
+
+    Each chunk is validated by `validate_rows` on its own, which finds the duplicates inside
+    it. A pair whose first row is in an earlier chunk is found afterwards from each row's
+    64-bit pair hash (kept, 8 bytes a row); the rows it concerns are then checked on their real
+    values (a collision raises _PairCollision) and rewritten as duplicates of the first row,
+    exactly as a validation of the whole input would have made them.
+    """
+    parked = _Parked()
+    try:
+        hashes: list[pl.Series] = []
+        slim: list[pl.DataFrame] = []
+        key = 0
+        for frames in groups:
+            aligned = [
+                f.select(
+                    pl.col(c) if c in f.columns else pl.lit(None, dtype=t).alias(c)
+                    for c, t in union.items()
+                )
+                for f in frames
+            ]
+            chunk = aligned[0] if len(aligned) == 1 else pl.concat(aligned)
+            # validate_rows reads _key as a position in its frame: numbered from 0, then shifted.
+            chunk = chunk.with_row_index("_key").with_columns(pl.col("_key").cast(pl.Int64))
+            rows, pair_hashes = _validate(
+                chunk, job.input.identifier, id_col, prog_col, national, with_hashes=True
+            )
+            rows = rows.with_columns(pl.col("_key") + key)
+            del chunk, aligned, frames
+            if float_files:
+                rows = _explain_float_identifiers(rows, float_files, job.input.identifier_column)
+            assert pair_hashes is not None
+            hashes.append(pair_hashes)
+            slim.append(rows.select("status", "reason"))
+            parked.add(rows)
+            key += rows.height
+            del rows
+        later = _later_duplicates(pl.concat(hashes).rechunk(), parked.starts)
+        del hashes
+        if later.height:
+            _rewrite_duplicates(parked, later, slim, job.input.identifier)
+        parked.slim = pl.concat(slim).rechunk()
+        return parked
+    except BaseException:
+        parked.discard()
+        raise
+
+
+def _later_duplicates(hashes: pl.Series, starts: list[int]) -> pl.DataFrame:
+    """(_key, _first) of each row whose pair hash first occurs in an earlier chunk.
+
+    A sorted copy of the hashes (8 bytes a row) tells whether any repeats, usually not; then
+    only the rows whose hash repeats are looked at: memory beyond the hashes grows with the
+    duplicates, not with the rows (a hash table over every row took 500 MB at 10M rows).
+    """
+    none = pl.DataFrame(schema={"_key": pl.Int64, "_first": pl.Int64})
+    present = hashes.drop_nulls().sort()
+    n = present.len()
+    if n < 2:
+        return none
+    again = present.slice(1) == present.slice(0, n - 1)  # slices are views: no copy
+    if not again.any():
+        return none
+    repeating = present.slice(1).filter(again).unique()
+    del present, again
+    repeated = hashes.is_in(repeating.implode()).fill_null(False).arg_true().cast(pl.Int64)
+    firsts = (
+        pl.DataFrame({"_h": hashes.gather(repeated), "_key": repeated})
+        .with_columns(_first=pl.col("_key").min().over("_h"))
+        .filter(pl.col("_first") != pl.col("_key"))
+    )
+    chunk_starts = pl.Series(starts, dtype=pl.Int64)
+    chunk_of_key = chunk_starts.search_sorted(firsts.get_column("_key"), side="right")
+    chunk_of_first = chunk_starts.search_sorted(firsts.get_column("_first"), side="right")
+    return firsts.select("_key", "_first").filter(chunk_of_key != chunk_of_first)
+
+
+def _rewrite_duplicates(
+    parked: _Parked, later: pl.DataFrame, slim: list[pl.DataFrame], identifier: Identifier
+) -> None:
+    """Make each row of `later` a duplicate of its `_first`, in its part file and in `slim`."""
+    starts = pl.Series(parked.starts, dtype=pl.Int64)
+    firsts_needed = later.get_column("_first").unique().sort()
+    # The first rows' position and pair, read part by part (their number is bounded by the
+    # distinct pairs that repeat across chunks).
+    first_parts = starts.search_sorted(firsts_needed, side="right") - 1
+    info: list[pl.DataFrame] = []
+    for part in first_parts.unique().sort().to_list():
+        wanted = firsts_needed.filter(first_parts == part)
+        info.append(
+            pl.scan_ipc(parked.parts[part])
+            .filter(pl.col("_key").is_in(wanted.implode()))
+            .select(
+                pl.col("_key").alias("_first"),
+                pl.col("row").alias("_first_row"),
+                pl.col("source_file").alias("_first_file"),
+                pl.col("_customer").alias("_first_customer"),
+                pl.col("_program").alias("_first_program"),
+            )
+            .collect()
+        )
+    first_rows = pl.concat(info)
+    later_parts = starts.search_sorted(later.get_column("_key"), side="right") - 1
+    for part in later_parts.unique().sort().to_list():
+        path = parked.parts[part]
+        rows = pl.read_ipc(path)
+        names = rows.columns
+        patch = later.filter(later_parts == part).join(first_rows, on="_first", how="left")
+        rows = rows.join(patch, on="_key", how="left", maintain_order="left")
+        hit = pl.col("_first").is_not_null()
+        same = rows.filter(hit).select(
+            (
+                (pl.col("_customer") == pl.col("_first_customer"))
+                & (pl.col("_program") == pl.col("_first_program"))
+            ).all()
+        )
+        if not same.item():
+            raise _PairCollision
+        first_row, first_file = pl.col("_first_row"), pl.col("_first_file")
+        rows = rows.with_columns(
+            status=pl.when(hit).then(pl.lit("duplicate", STATUS)).otherwise(pl.col("status")),
+            message=pl.when(hit & (first_file != pl.col("source_file")))
+            .then(pl.format("same customer and program as row {} of {}", first_row, first_file))
+            .when(hit)
+            .then(pl.format("same customer and program as row {}", first_row))
+            .otherwise(pl.col("message")),
+            duplicate_of=pl.when(hit).then(first_row).otherwise(pl.col("duplicate_of")),
+        ).select(names)
+        slim[part] = rows.select("status", "reason")
+        tmp = path.with_suffix(".tmp")
+        rows.write_ipc(tmp, compression="uncompressed")
+        os.replace(tmp, path)
+
+
+def _load_rows(job: Job, paths: list[str], chunk_rows: int | None = None) -> _Loaded:
+    """The files' rows, validated, with what was learnt reading them.
+
+    An input of more than `chunk_rows` rows (default CHUNK_ROWS) is read and validated a chunk
+    at a time, and its validated rows are parked on disk (see `_validate_in_chunks`).
+    """
     formats = {p: format_of(p) for p in paths}
     kinds = set(formats.values())
     if len(kinds) > 1:
@@ -836,24 +1135,96 @@ def _load_rows(job: Job, paths: list[str]) -> _Loaded:
         )
     fmt: Format = kinds.pop()
     notes: list[str] = []
-    frames: list[pl.DataFrame] = []
+    files: list[_FileRows] = []
     columns: list[str] = []
     id_col, prog_col = job.input.identifier_column, job.input.program_column
     sheet: str | None = None
-    blank_lines = 0
     float_files: list[str] = []
     original_names: dict[str, str] = {}
     for path in paths:
         label = display_name(path, job.base_dir)
         got = _read_file(path, fmt, job, label, notes)
-        frame, id_col, prog_col = got.frame, got.id_col, got.prog_col
+        id_col, prog_col = got.id_col, got.prog_col
         sheet = sheet or got.sheet
-        blank_lines += got.blank_lines
         original_names.update(got.original_names)
         if got.float_identifier:
             float_files.append(label)
-        frames.append(frame)
-        columns += [c for c in frame.columns if c not in POSITION_COLUMNS and c not in columns]
+        files.append(got)
+        names = got.schema.names()
+        columns += [c for c in names if c not in POSITION_COLUMNS and c not in columns]
+    blank_lines = [sum(f.blank_lines for f in files)]
+    chunk_rows = CHUNK_ROWS if chunk_rows is None else chunk_rows
+    # The columns every chunk is given, in the order a diagonal concat of the files has; None
+    # when two files type a column differently (then the files are combined as a whole).
+    union: dict[str, pl.DataType] | None = {}
+    for f in files:
+        for name, dtype in f.schema.items():
+            if union is not None and union.setdefault(name, dtype) != dtype:
+                union = None
+    national = national_mobiles(job)
+    # Emails: a customer is sent as its first spelling, which a chunk cannot know; whole.
+    chunked = union is not None and job.input.identifier != "email"
+    groups = _chunk_groups(files, chunk_rows if chunked else None, blank_lines)
+    first = next(groups, [])
+    second = next(groups, None)
+    parked: _Parked | None = None
+    if second is None:
+        rows = _validate_whole(job, first, id_col, prog_col, national)
+    else:
+        assert union is not None
+        try:
+            parked = _validate_in_chunks(
+                job,
+                itertools.chain([first, second], groups),
+                union,
+                id_col,
+                prog_col,
+                national,
+                float_files,
+            )
+        except _PairCollision:
+            # Two different pairs of one 64-bit hash in two chunks (about one chance in 10^12
+            # at 10M rows): the exact dedupe runs on the whole input, read again.
+            blank_lines = [sum(f.blank_lines for f in files)]
+            whole = list(itertools.chain.from_iterable(_chunk_groups(files, None, blank_lines)))
+            rows = _validate_whole(job, whole, id_col, prog_col, national)
+        else:
+            rows = parked.slim
+    if float_files and parked is None:
+        rows = _explain_float_identifiers(rows, float_files, job.input.identifier_column)
+    return _Loaded(
+        fmt, columns, rows, id_col, prog_col, notes, sheet, blank_lines[0], original_names, parked
+    )
+
+
+def _chunk_groups(
+    files: list[_FileRows], chunk_rows: int | None, blank_lines: list[int]
+) -> Iterator[list[pl.DataFrame]]:
+    """The files' rows in order, in groups of at least `chunk_rows` rows (the last may be
+    fewer); one group of everything when `chunk_rows` is None."""
+    group: list[pl.DataFrame] = []
+    rows = 0
+    for f in files:
+        for frame in _file_batches(f, chunk_rows, blank_lines):
+            group.append(frame)
+            rows += frame.height
+            if chunk_rows is not None and rows >= chunk_rows:
+                yield group
+                group, rows = [], 0
+    if group or chunk_rows is None:
+        yield group
+
+
+def _validate_whole(
+    job: Job,
+    frames: list[pl.DataFrame],
+    id_col: str,
+    prog_col: str,
+    national: NationalMobiles | None,
+) -> pl.DataFrame:
+    """Every row in memory, validated in one go (an input of at most a chunk, or a fallback)."""
+    if not frames:
+        frames = [pl.DataFrame(schema={"row": pl.Int64, "source_file": pl.String})]
     try:
         combined = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
     except pl.exceptions.PolarsError as e:
@@ -862,10 +1233,7 @@ def _load_rows(job: Job, paths: list[str]) -> _Loaded:
             hint="Each file's columns must have compatible types.",
         ) from e
     combined = combined.with_row_index("_key").with_columns(pl.col("_key").cast(pl.Int64))
-    rows = validate_rows(combined, job.input.identifier, id_col, prog_col, national_mobiles(job))
-    if float_files:
-        rows = _explain_float_identifiers(rows, float_files, job.input.identifier_column)
-    return _Loaded(fmt, columns, rows, id_col, prog_col, notes, sheet, blank_lines, original_names)
+    return validate_rows(combined, job.input.identifier, id_col, prog_col, national)
 
 
 def _explain_float_identifiers(rows: pl.DataFrame, labels: list[str], column: str) -> pl.DataFrame:

@@ -40,7 +40,7 @@ def reject_columns(source: Source) -> list[pl.Expr]:
 
 def write_rejects(source: Source, folder: RunDir) -> Path | None:
     """Write rejected and duplicate rows (same format as the input); None when there are none."""
-    rejects = source.rows.filter(pl.col("status") != "valid")
+    rejects = source.not_valid()
     if rejects.height == 0:
         return None
     path = folder.rejects_path(source.format)

@@ -1,0 +1,175 @@
+"""Validation a chunk at a time gives exactly the rows of a validation of the whole input.
+
+A big input is read and validated CHUNK_ROWS rows at a time and its rows wait on disk; here the
+chunk is forced down to a few rows, so that duplicates, rejects, blank lines and files straddle
+chunk boundaries, and every result is compared with the one-chunk (whole input) path.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from batcher.input import source as source_module
+from batcher.input.source import Source, load_source
+from batcher.job import Job, load_job
+
+WHOLE = 10**9
+
+
+def _job(tmp_path: Path, path: str, identifier: str = "mobile", extra: str = "") -> Job:
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'name = "t"\n[input]\npath = "{path}"\nidentifier = "{identifier}"\n{extra}'
+        '[api]\nbase_url = "simulator"\n'
+    )
+    return load_job(job)
+
+
+def _load(job: Job, chunk_rows: int, monkeypatch: pytest.MonkeyPatch) -> Source:
+    monkeypatch.setattr(source_module, "CHUNK_ROWS", chunk_rows)
+    return load_source(job)
+
+
+def _mobile_lines(seed: int, count: int) -> list[str]:
+    """Lines of a CSV body: valid mobiles in many spellings, rejects, blanks, repeats."""
+    shared = random.Random(0)  # every file draws from the same customers
+    customers = [f"9198{shared.randrange(10**8):08d}" for _ in range(12)]
+    rng = random.Random(seed)
+    programs = ["partner-01", "partner-02", " partner-03 ", "'partner-04", "partner-05"]
+    lines: list[str] = []
+    for _ in range(count):
+        kind = rng.random()
+        mobile = rng.choice(customers)
+        program = rng.choice(programs)
+        if kind < 0.05:
+            lines.append("")  # a blank line: not a row, but it keeps its number
+        elif kind < 0.10:
+            lines.append(",")  # a row of empty cells
+        elif kind < 0.15:
+            lines.append(f"12345,{program}")  # too short
+        elif kind < 0.18:
+            lines.append(f"9.19E+11,{program}")  # scientific notation
+        elif kind < 0.21:
+            lines.append(f"{mobile},")  # no program
+        elif kind < 0.24:
+            lines.append(f'{mobile},"bad\tprogram"')  # control character
+        elif kind < 0.40:
+            lines.append(f"+{mobile[:2]} {mobile[2:7]}-{mobile[7:]},{program}")  # normalised
+        elif kind < 0.50:
+            lines.append(f"{mobile[2:]},{program}")  # national: completed with 91
+        elif kind < 0.55:
+            lines.append(f"0{mobile[2:]},{program}")  # trunk 0 and national digits
+        else:
+            lines.append(f"{mobile},{program}")
+    return lines
+
+
+def _assert_same(whole: Source, chunked: Source) -> None:
+    assert whole.parked is None
+    assert_frame_equal(chunked.scan().collect(), whole.rows)
+    assert chunked.counts() == whole.counts()
+    assert chunked.reason_counts() == whole.reason_counts()
+    assert chunked.row_count == whole.row_count
+    assert (chunked.blank_lines, chunked.notes, chunked.columns) == (
+        whole.blank_lines,
+        whole.notes,
+        whole.columns,
+    )
+    assert_frame_equal(chunked.pairs(), whole.pairs())
+    assert_frame_equal(chunked.not_valid(), whole.not_valid())
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 64])
+def test_chunked_csv_glob_matches_the_whole_input(
+    tmp_path: Path, chunk_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    header = "mobile,partner_program_name,note"
+    for n, seed in enumerate((1, 2, 3)):
+        lines = [f"{line},from file {n}" if line else line for line in _mobile_lines(seed, 150)]
+        (tmp_path / f"in-{n}.csv").write_text("\n".join([header, *lines]) + "\n")
+    job = _job(tmp_path, "in-*.csv", extra='default_country_code = "91"\n')
+    whole = _load(job, WHOLE, monkeypatch)
+    chunked = _load(job, chunk_rows, monkeypatch)
+    assert chunked.parked is not None, "the input is bigger than a chunk: validated in chunks"
+    counts = whole.counts()
+    assert counts["duplicate"] > 50 and counts["rejected"] > 20 and whole.blank_lines > 5
+    across_files = whole.rows.filter(pl.col("message").str.contains(" of in-"))
+    assert across_files.height > 0, "some duplicates name a first row in another file"
+    _assert_same(whole, chunked)
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 100])
+def test_chunked_parquet_with_integer_and_float_identifiers(
+    tmp_path: Path, chunk_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(7)
+    mobiles = [919800000000 + rng.randrange(40) for _ in range(300)]
+    programs = [f"partner-{rng.randrange(4)}" for _ in range(300)]
+    pl.DataFrame({"mobile": mobiles, "partner_program_name": programs}).write_parquet(
+        tmp_path / "a.parquet"
+    )
+    floats = [float(m) for m in mobiles[:20]]
+    pl.DataFrame({"mobile": floats, "partner_program_name": programs[:20]}).write_parquet(
+        tmp_path / "b.parquet"
+    )
+    job = _job(tmp_path, "a.parquet")
+    _assert_same(_load(job, WHOLE, monkeypatch), _load(job, chunk_rows, monkeypatch))
+    # The float file's rows are rejected with their explanation, chunk by chunk too.
+    both = _job(tmp_path, "*.parquet")
+    _assert_same(_load(both, WHOLE, monkeypatch), _load(both, chunk_rows, monkeypatch))
+    # Two files typing another column differently are combined whole, as before.
+    pl.DataFrame(
+        {"mobile": mobiles[:9], "partner_program_name": programs[:9], "n": list(range(9))}
+    ).write_parquet(tmp_path / "c.parquet")
+    pl.DataFrame(
+        {"mobile": mobiles[:9], "partner_program_name": programs[:9], "n": ["x"] * 9}
+    ).write_parquet(tmp_path / "d.parquet")
+    mixed = _job(tmp_path, "[cd].parquet")
+    chunked = _load(mixed, chunk_rows, monkeypatch)
+    assert chunked.parked is None
+    assert_frame_equal(chunked.rows, _load(mixed, WHOLE, monkeypatch).rows)
+
+
+def test_park_moves_the_chunked_rows_into_one_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    header = "mobile,partner_program_name"
+    (tmp_path / "in.csv").write_text("\n".join([header, *_mobile_lines(5, 400)]) + "\n")
+    job = _job(tmp_path, "in.csv")
+    whole = _load(job, WHOLE, monkeypatch)
+    chunked = _load(job, 50, monkeypatch)
+    assert chunked.parked is not None
+    parts_dir = chunked.parked.dir
+    chunked.park(tmp_path / "rows.parquet")
+    assert not parts_dir.exists() and chunked.parked is None
+    assert_frame_equal(pl.read_parquet(tmp_path / "rows.parquet"), whole.rows)
+    assert chunked.counts() == whole.counts()
+
+
+def test_a_discarded_source_leaves_no_parked_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    header = "mobile,partner_program_name"
+    (tmp_path / "in.csv").write_text("\n".join([header, *_mobile_lines(6, 100)]) + "\n")
+    chunked = _load(_job(tmp_path, "in.csv"), 10, monkeypatch)
+    assert chunked.parked is not None
+    parts_dir = chunked.parked.dir
+    assert parts_dir.exists()
+    del chunked
+    assert not parts_dir.exists()
+
+
+def test_emails_are_validated_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An email customer is sent as its first spelling, which a later chunk cannot know."""
+    lines = ["email,partner_program_name"]
+    lines += [f"{'A' if i % 3 else 'a'}{i % 7}@x.com,partner-{i % 2}" for i in range(60)]
+    (tmp_path / "in.csv").write_text("\n".join(lines) + "\n")
+    job = _job(tmp_path, "in.csv", identifier="email")
+    chunked = _load(job, 5, monkeypatch)
+    assert chunked.parked is None
+    assert_frame_equal(chunked.rows, _load(job, WHOLE, monkeypatch).rows)
