@@ -9,7 +9,7 @@ order: the same pairs always give the same requests.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import polars as pl
@@ -18,6 +18,10 @@ from batcher.send.contract import Entry, build_body
 
 # Rows turned into Python objects at a time while streaming requests.
 _SLICE_ROWS = 65_536
+
+# The pairs to send (_key, _customer, _program), in _key order, a bounded batch at a time; each
+# call reads them again from the start.
+PairBatches = Callable[[], Iterator[pl.DataFrame]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +51,9 @@ class PlanFigures:
 class Plan:
     """`pairs` is sorted in send order: _request, then customer, then input order.
 
-    Columns: _key, _customer, _program, _request (Int64, 0-based).
+    Columns: _key, _customer, _program, _request (Int64, 0-based). A streamed plan (see
+    `stream_plan`) holds no pairs: `batches` reads them again, in input order, which is then
+    the send order, and `pair_count` counts them.
     """
 
     pairs: pl.DataFrame
@@ -55,21 +61,46 @@ class Plan:
     requests: int
     customers_per_request: int
     programs_per_customer: int
+    batches: PairBatches | None = None
+    pair_count: int = 0
 
     @property
     def figures(self) -> PlanFigures:
-        return PlanFigures(self.pairs.height, self.customers, self.requests)
+        pairs = self.pairs.height if self.batches is None else self.pair_count
+        return PlanFigures(pairs, self.customers, self.requests)
+
+    def _slices(self) -> Iterator[pl.DataFrame]:
+        """The plan's rows in send order with their _request, a bounded slice at a time."""
+        if self.batches is None:
+            for start in range(0, self.pairs.height, _SLICE_ROWS):
+                yield self.pairs.slice(start, _SLICE_ROWS)
+            return
+        # Customers come together and none is split: customer n (counted in input order) goes
+        # in request n // customers_per_request, as build_plan would put it.
+        customers = 0
+        last: str | None = None
+        for batch in self.batches():
+            if batch.height == 0:
+                continue
+            new = pl.col("_customer").ne_missing(pl.col("_customer").shift(1, fill_value=last))
+            numbered = batch.with_columns(
+                _request=(customers + new.cast(pl.Int64).cum_sum() - 1)
+                // self.customers_per_request
+            )
+            customers += int(numbered.select(new.sum()).item())
+            last = batch.get_column("_customer")[-1]
+            for start in range(0, numbered.height, _SLICE_ROWS):
+                yield numbered.slice(start, _SLICE_ROWS)
 
     def iter_requests(self, identifier: str) -> Iterator[PlannedRequest]:
-        """Build requests lazily from the sorted frame, a slice at a time."""
+        """Build requests lazily, a slice of the plan at a time."""
         index = -1
         entries: list[Entry] = []
         keys: list[tuple[int, ...]] = []
         customer: str | None = None
         programs: list[str] = []
         entry_keys: list[int] = []
-        for start in range(0, self.pairs.height, _SLICE_ROWS):
-            part = self.pairs.slice(start, _SLICE_ROWS)
+        for part in self._slices():
             for request, cust, program, key in zip(
                 part.get_column("_request").to_list(),
                 part.get_column("_customer").to_list(),
@@ -92,6 +123,64 @@ class Plan:
             entries.append(Entry(customer, tuple(programs)))
             keys.append(tuple(entry_keys))
             yield PlannedRequest(index, tuple(entries), tuple(keys), identifier)
+
+
+def stream_plan(
+    batches: PairBatches, customers_per_request: int, programs_per_customer: int
+) -> Plan | None:
+    """The plan of the pairs `batches` gives, holding none of them, when the input order is the
+    send order: each customer's pairs come together and none has more than
+    `programs_per_customer` (an export sorted by customer, the usual mass delink). None
+    otherwise: then `build_plan` sorts them in memory.
+
+    One pass over the pairs keeps a 64-bit hash per customer (8 bytes, not the pairs' 48).
+    """
+    if customers_per_request < 1 or programs_per_customer < 1:
+        raise ValueError("customers_per_request and programs_per_customer must be positive")
+    heads: list[pl.Series] = []  # the hash of each run of one customer's pairs
+    pairs, open_run, longest = 0, 0, 0
+    last: str | None = None
+    previous_key = -1
+    for batch in batches():
+        if batch.height == 0:
+            continue
+        keys = batch.get_column("_key")
+        if keys[0] <= previous_key or not keys.is_sorted():
+            return None
+        previous_key = keys[-1]
+        pairs += batch.height
+        runs = batch.get_column("_customer").rle()
+        lengths = runs.struct.field("len").cast(pl.Int64)
+        values = runs.struct.field("value")
+        if last is not None and values[0] == last:  # the batch goes on with the last customer
+            open_run += int(lengths[0])
+            lengths, values = lengths.slice(1), values.slice(1)
+        if values.len():
+            longest = max(longest, open_run, int(lengths.max() or 0))  # type: ignore[arg-type]
+            open_run = int(lengths[-1])
+            heads.append(values.hash())
+            last = values[-1]
+        if max(longest, open_run) > programs_per_customer:
+            return None  # a customer is split over rounds: the send order is not input order
+    customers = sum(h.len() for h in heads)
+    if customers and pl.concat(heads).n_unique() != customers:
+        return None  # a customer comes back later (or two share a hash): not input order
+    return Plan(
+        pairs=pl.DataFrame(
+            schema={
+                "_key": pl.Int64,
+                "_customer": pl.String,
+                "_program": pl.String,
+                "_request": pl.Int64,
+            }
+        ),
+        customers=customers,
+        requests=-(-customers // customers_per_request),
+        customers_per_request=customers_per_request,
+        programs_per_customer=programs_per_customer,
+        batches=batches,
+        pair_count=pairs,
+    )
 
 
 def _by_first_appearance(pairs: pl.LazyFrame, customer: pl.Expr) -> pl.DataFrame:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batcher.plan import build_plan, plan_figures
+from batcher.plan import build_plan, plan_figures, stream_plan
 
 
 def pairs_of(rows: list[tuple[str, str]]) -> pl.DataFrame:
@@ -149,3 +150,45 @@ def test_validate_figures_and_preview_equal_the_full_plans(
     first = list(itertools.islice(full.iter_requests("mobile"), preview))
     shown = list(itertools.islice(head.iter_requests("mobile"), preview))
     assert [r.body() for r in shown] == [r.body() for r in first]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abcdefgh"), st.sampled_from(["p1", "p2", "p3", "p4", "p5"])),
+        unique=True,
+        max_size=40,
+    ),
+    st.booleans(),
+    st.integers(1, 5),
+    st.integers(1, 5),
+    st.integers(1, 9),
+)
+def test_streamed_plan_sends_what_the_built_plan_sends(
+    rows: list[tuple[str, str]],
+    grouped: bool,
+    per_request: int,
+    per_customer: int,
+    batch_rows: int,
+) -> None:
+    """A plan streamed from batches of pairs gives exactly build_plan's requests, or declines
+    (None) when the input order is not the send order."""
+    if grouped:  # an export sorted by customer, programs in their drawn order
+        rows = sorted(rows, key=lambda r: r[0])
+    frame = pairs_of(rows)
+
+    def batches() -> Iterator[pl.DataFrame]:
+        for start in range(0, max(frame.height, 1), batch_rows):
+            yield frame.slice(start, batch_rows)
+
+    built = build_plan(frame, per_request, per_customer)
+    streamed = stream_plan(batches, per_request, per_customer)
+    runs = [c for c, _ in itertools.groupby(c for c, _ in rows)]
+    in_input_order = len(runs) == len(set(runs))
+    longest = max((len(list(g)) for _, g in itertools.groupby(c for c, _ in rows)), default=0)
+    if not in_input_order or longest > per_customer:
+        assert streamed is None
+        return
+    assert streamed is not None
+    assert streamed.figures == built.figures
+    assert list(streamed.iter_requests("mobile")) == list(built.iter_requests("mobile"))

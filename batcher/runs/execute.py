@@ -9,7 +9,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,9 +20,9 @@ import structlog
 from batcher.errors import RunStopped
 from batcher.eventloop import loop_factory
 from batcher.input.files import input_location
-from batcher.input.source import Source, load_source
+from batcher.input.source import PARKED_ROW_GROUP, Source, load_source
 from batcher.job import Job, Quota
-from batcher.plan import Plan, PlanFigures, build_plan
+from batcher.plan import PairBatches, Plan, PlanFigures, build_plan, stream_plan
 from batcher.present import logs
 from batcher.present.report import write_report
 from batcher.results.assemble import assemble_run
@@ -127,13 +127,45 @@ async def _send_all(
                 loop.remove_signal_handler(sig)
 
 
-def _plan_input(source: Source, confirmed: pl.DataFrame | None) -> pl.DataFrame:
-    """Valid pairs still to send: on a resume, those without a confirmed outcome."""
-    pairs = source.pairs()
+# Parked rows read at a time while planning and sending (4 of the parked file's row groups).
+_PAIR_SLICE = 4 * PARKED_ROW_GROUP
+
+
+def _pairs_to_send(parked: Path, confirmed: pl.DataFrame | None) -> PairBatches:
+    """The valid pairs still to send (on a resume, those without a confirmed outcome), read
+    from the parked rows a slice at a time, in input order."""
+    done = None
     if confirmed is not None and confirmed.height:
         done = confirmed.select(pl.col("cu").alias("_customer"), pl.col("pr").alias("_program"))
-        pairs = pairs.join(done, on=["_customer", "_program"], how="anti", maintain_order="left")
-    return pairs
+
+    def batches() -> Iterator[pl.DataFrame]:
+        scan = pl.scan_parquet(parked)
+        total = int(scan.select(pl.len()).collect().item())
+        for start in range(0, total, _PAIR_SLICE):
+            pairs = (
+                scan.slice(start, _PAIR_SLICE)
+                .filter(pl.col("status") == "valid")
+                .select("_key", "_customer", "_program")
+                .collect()
+            )
+            if done is not None:
+                pairs = pairs.join(
+                    done, on=["_customer", "_program"], how="anti", maintain_order="left"
+                )
+            yield pairs
+
+    return batches
+
+
+def _plan(parked: Path, confirmed: pl.DataFrame | None, job: Job) -> Plan:
+    """The plan of the pairs to send: streamed from the parked rows when the input order is
+    the send order (memory then holds a hash per customer), else built in memory."""
+    batches = _pairs_to_send(parked, confirmed)
+    cpr, ppc = job.api.customers_per_request, job.api.programs_per_customer
+    streamed = stream_plan(batches, cpr, ppc)
+    if streamed is not None:
+        return streamed
+    return build_plan(pl.concat(batches()), cpr, ppc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +191,7 @@ class Prepared:
         """The `run.started` event's figures (it is logged once the org is known)."""
         return {
             "rows": self.source.row_count,
-            "pairs": self.plan.pairs.height,
+            "pairs": self.plan.figures.pairs,
             "requests_planned": self.plan.requests,
             "quota": str(self.job.api.quota),
             "expected_send_s": round(self.job.api.quota.seconds_for(self.plan.requests), 1),
@@ -266,12 +298,11 @@ def prepare(
         )
         log.info("run.resumed", confirmed_pairs=confirmed.height, maybe_sent_pairs=len(maybe_sent))
     rejects_path = write_rejects(source, folder)
-    pairs = _plan_input(source, confirmed)
     counted = plan_summary(job, folder.run_id, source, PlanFigures(0, 0, 0))
-    # The rows wait on disk while their pairs are sent: memory holds the plan, not the input.
+    # The rows wait on disk while their pairs are sent: memory holds the plan, not the input,
+    # and a plan in input order reads its pairs from there as it sends them.
     source.park(folder.parked_rows_path)
-    plan = build_plan(pairs, job.api.customers_per_request, job.api.programs_per_customer)
-    del pairs
+    plan = _plan(folder.parked_rows_path, confirmed, job)
     return Prepared(
         job=job,
         profile=profile,
@@ -303,7 +334,7 @@ def send(prepared: Prepared, progress: Any = None) -> Sent:
     )
     journal = Journal(prepared.folder.journal_path)
     stats = RunStats(
-        pairs_total=prepared.plan.pairs.height, requests_planned=prepared.plan.requests
+        pairs_total=prepared.plan.figures.pairs, requests_planned=prepared.plan.requests
     )
     sender = Sender(
         job,
