@@ -263,11 +263,21 @@ def read_journal(path: Path) -> pl.DataFrame:
     return frame.unique(subset=PAIR, keep="last", maintain_order=True)
 
 
+def _intent_blocks(journal_path: Path, block_bytes: int = CHUNK_BYTES) -> Iterator[pl.DataFrame]:
+    """The intents (cu, pr) the fold kept, then the live intents, a bounded block at a time."""
+    folded = folded_path(journal_path)
+    if folded.is_file():
+        # Only the intent rows (null status): the answers are not read.
+        yield pl.scan_parquet(folded).filter(pl.col("s").is_null()).select(PAIR).collect()
+    yield from intent_chunks(journal_path.with_name(INTENTS_NAME), block_bytes)
+
+
 def intent_pairs(journal_path: Path) -> pl.DataFrame:
     """Every pair this folder's runs were about to send and that the fold kept (cu, pr)."""
-    folded = read_folded(journal_path).filter(pl.col("s").is_null()).select(PAIR)
-    live = list(intent_chunks(journal_path.with_name(INTENTS_NAME)))
-    return pl.concat([folded, *live]).unique() if live else folded.unique()
+    parts = [block.unique() for block in _intent_blocks(journal_path)]
+    if not parts:
+        return pl.DataFrame(schema={"cu": pl.String, "pr": pl.String})
+    return pl.concat(parts).unique()
 
 
 def read_intents(path: Path) -> set[tuple[str, str]]:
@@ -302,13 +312,26 @@ def confirmed_pairs(journal_path: Path) -> pl.DataFrame:
 
 
 def unconfirmed_intents(
-    journal_path: Path, confirmed: pl.DataFrame | None = None
+    journal_path: Path,
+    confirmed: pl.DataFrame | None = None,
+    *,
+    block_bytes: int = CHUNK_BYTES,
 ) -> set[tuple[str, str]]:
     """Pairs that were about to be sent and have no confirmed answer: a resume marks them as
-    maybe processed. Computed in polars; only the (usually few) survivors become Python."""
+    maybe processed.
+
+    The intents are read a block at a time (CHUNK_BYTES of text) and each block keeps only its
+    pairs without a confirmed answer (usually those of the requests in flight at the kill), so
+    memory does not grow with the intents file; only the survivors become Python.
+    """
     confirmed = confirmed_pairs(journal_path) if confirmed is None else confirmed
-    left = intent_pairs(journal_path).join(confirmed.select(PAIR), on=PAIR, how="anti")
-    return _pairs_set(left)
+    done = confirmed.select(PAIR)
+    left: list[pl.DataFrame] = []
+    for block in _intent_blocks(journal_path, block_bytes):
+        unanswered = block.join(done, on=PAIR, how="anti")
+        if unanswered.height:
+            left.append(unanswered.unique())
+    return _pairs_set(pl.concat(left)) if left else set()
 
 
 def unconfirmed_sends(journal_path: Path) -> set[tuple[str, str]]:
