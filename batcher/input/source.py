@@ -946,13 +946,31 @@ class _PairCollision(Exception):
     """Two different pairs of one hash, in two chunks: the chunked dedupe cannot tell them."""
 
 
+_PARK_PREFIX = "batcher-rows-"
+
+
+def _sweep_killed_parks() -> None:
+    """Remove the scratch rows of processes that are gone (a killed run cannot clean up)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_PARK_PREFIX}*-*"):
+        pid = path.name[len(_PARK_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue  # alive, another user's
+
+
 class _Parked:
     """Validated rows waiting on disk, one file per chunk (removed with this object).
 
     `slim` holds each row's status and reason in memory, in order, for the counts."""
 
     def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="batcher-rows-"))
+        _sweep_killed_parks()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{_PARK_PREFIX}{os.getpid()}-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, True)
         self.parts: list[Path] = []
         self.starts: list[int] = []  # the first _key of each part

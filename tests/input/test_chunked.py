@@ -7,7 +7,9 @@ chunk boundaries, and every result is compared with the one-chunk (whole input) 
 
 from __future__ import annotations
 
+import os
 import random
+import tempfile
 from pathlib import Path
 
 import polars as pl
@@ -173,3 +175,20 @@ def test_emails_are_validated_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     chunked = _load(job, 5, monkeypatch)
     assert chunked.parked is None
     assert_frame_equal(chunked.rows, _load(job, WHOLE, monkeypatch).rows)
+
+
+def test_a_killed_runs_parked_rows_are_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    killed = tmp_path / "tmp" / "batcher-rows-999999999-abc"  # no such process
+    killed.mkdir()
+    (killed / "part-00000.arrow").write_bytes(b"rows")
+    alive = tmp_path / "tmp" / f"batcher-rows-{os.getpid()}-def"
+    alive.mkdir()
+    header = "mobile,partner_program_name"
+    (tmp_path / "in.csv").write_text("\n".join([header, *_mobile_lines(8, 50)]) + "\n")
+    chunked = _load(_job(tmp_path, "in.csv"), 10, monkeypatch)
+    assert chunked.parked is not None and chunked.parked.dir.parent == tmp_path / "tmp"
+    assert not killed.exists() and alive.exists()
