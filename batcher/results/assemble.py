@@ -394,7 +394,12 @@ def _open_intents(journal_path: Path, confirmed: list[pl.Series]) -> pl.DataFram
     collision (odds below one in a million even at 10M pairs) could only drop an intent, which
     makes a later "not linked" read as not linked, never as an unconfirmed delink.
     """
-    settled = pl.concat(confirmed).sort() if confirmed else pl.Series("h", [], dtype=pl.UInt64)
+    settled = pl.Series("h", [], dtype=pl.UInt64)
+    if confirmed:
+        # One copy at a time (8 bytes a confirmed pair): the parts go as soon as they are joined.
+        settled = pl.concat(confirmed, rechunk=True)
+        confirmed.clear()
+        settled.sort(in_place=True)
     kept: list[pl.DataFrame] = []
     for block in _intent_blocks(journal_path):
         hashed = block.select(*PAIR, _pair_hash())
