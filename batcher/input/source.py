@@ -181,7 +181,19 @@ class Source:
 
     def not_valid(self) -> pl.DataFrame:
         """The rejected and duplicate rows, with all their columns."""
-        return self.scan().filter(pl.col("status") != "valid").collect()
+        not_valid = pl.col("status") != "valid"
+        if self.parked is None:
+            return self.rows.filter(not_valid)
+        # Only the parked chunks holding such rows are read (usually none, or a few).
+        ends = [*self.parked.starts[1:], self.parked.rows]
+        parts = [
+            path
+            for path, start, end in zip(self.parked.parts, self.parked.starts, ends, strict=True)
+            if not self.rows.slice(start, end - start).get_column("status").eq("valid").all()
+        ]
+        if not parts:
+            return self.parked.scan().head(0).collect()
+        return pl.scan_ipc(parts).filter(not_valid).collect()
 
     def park(self, path: Path) -> None:
         """Write the rows to `path` (Parquet) and keep only `status` and `reason` in memory.
