@@ -4,6 +4,7 @@ or in a real one."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import subprocess
@@ -60,6 +61,29 @@ def batcher_state_dir(
     path = tmp_path_factory.mktemp("state")
     monkeypatch.setenv("BATCHER_STATE_DIR", str(path))
     return path
+
+
+@pytest.fixture(autouse=True)
+def alone_if_paced(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """A test marked `paced` measures a pace against the wall clock: with several workers
+    (xdist), it runs while no other test does; every other test holds the lock shared.
+
+    A starved event loop wakes late and a starved simulator answers in bursts, so a soak on the
+    other core is enough to move an achieved rate or a throttle count out of its bounds."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        yield
+        return
+    paced = request.node.get_closest_marker("paced") is not None
+    # The workers' temporary folders share this parent for the whole session.
+    lock_path = tmp_path_factory.getbasetemp().parent / "paced.lock"
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if paced else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(autouse=True)
@@ -231,6 +255,15 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The soak first: with two workers it then overlaps the rest of the suite instead of
-    running alone at its end (the order within each group is kept)."""
-    items.sort(key=lambda item: item.get_closest_marker("soak") is None)
+    """The paced tests first, then the soak, then the rest (each group in its own order).
+
+    xdist's worksteal hands the first worker the first half of this list: it runs the paced
+    tests alone at once (the other worker waits only for them), then the soak, which overlaps
+    the rest of the suite instead of running alone at its end."""
+
+    def group(item: pytest.Item) -> int:
+        if item.get_closest_marker("paced") is not None:
+            return 0
+        return 1 if item.get_closest_marker("soak") is not None else 2
+
+    items.sort(key=group)

@@ -206,6 +206,7 @@ def test_a_poison_customer_is_isolated_by_splitting(tmp_path: Path, simulator: S
     assert {m for m, _ in linked} == {poison}
 
 
+@pytest.mark.paced
 @pytest.mark.parametrize("window", ["fixed", "sliding"])
 def test_quota_equal_to_the_servers_is_used_without_a_throttle(
     tmp_path: Path, simulator: Sim, window: str
@@ -233,6 +234,7 @@ def test_quota_equal_to_the_servers_is_used_without_a_throttle(
     assert summary["counts"]["delinked"] == rows
 
 
+@pytest.mark.paced
 def test_server_quota_half_of_the_jobs_costs_few_throttles(tmp_path: Path, simulator: Sim) -> None:
     sim = simulator(
         clean_profile(quota={"rate": "20/second", "window": "sliding", "retry_after": "none"})
