@@ -255,15 +255,18 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The paced tests first, then the soak, then the rest (each group in its own order).
+    """The paced tests first, then the soak, the other long tests, the rest (each group in its
+    own order).
 
     xdist's worksteal hands the first worker the first half of this list: it runs the paced
-    tests alone at once (the other worker waits only for them), then the soak, which overlaps
-    the rest of the suite instead of running alone at its end."""
+    tests alone at once (the other worker waits only for them), then the soak and the long
+    tests, which overlap the rest of the suite instead of running alone at its end; the short
+    tests at the end are what a worker that runs out steals."""
 
     def group(item: pytest.Item) -> int:
-        if item.get_closest_marker("paced") is not None:
-            return 0
-        return 1 if item.get_closest_marker("soak") is not None else 2
+        for rank, marker in enumerate(("paced", "soak", "long")):
+            if item.get_closest_marker(marker) is not None:
+                return rank
+        return 3
 
     items.sort(key=group)

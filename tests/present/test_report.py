@@ -142,6 +142,7 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.long
 @pytest.mark.browser
 @pytest.mark.skipif(
     CHROMIUM is None,

@@ -60,6 +60,7 @@ def attempts_by_pair(sim: SimulatorThread) -> dict[tuple[str, str], int]:
     return {(p["mobile"], p["program"]): p["attempts"] for p in sim.snapshot()["pairs"]}
 
 
+@pytest.mark.long
 def test_sigkill_at_random_points_then_resume_loses_and_resends_nothing_confirmed(
     tmp_path: Path, simulator: Sim
 ) -> None:
