@@ -88,7 +88,7 @@ def list_runs(job_dir: Path) -> list[PastRun]:
     if not job_dir.is_dir():
         return []
     runs = [read_run(p, job_dir.name) for p in job_dir.iterdir() if p.is_dir()]
-    return sorted((r for r in runs if r is not None), key=lambda r: r.run_id, reverse=True)
+    return sorted((r for r in runs if r is not None), key=_newest_first, reverse=True)
 
 
 def list_all_runs(output_dir: Path) -> list[PastRun]:
@@ -96,7 +96,13 @@ def list_all_runs(output_dir: Path) -> list[PastRun]:
     if not output_dir.is_dir():
         return []
     runs = [r for d in output_dir.iterdir() if d.is_dir() for r in list_runs(d)]
-    return sorted(runs, key=lambda r: r.run_id, reverse=True)
+    return sorted(runs, key=_newest_first, reverse=True)
+
+
+def _newest_first(run: PastRun) -> tuple[str, str, str]:
+    """Sort key: the id's second, then the start to the millisecond (ids are unique within a
+    second but do not order two runs started in the same one), then the id."""
+    return (run.run_id[:16], run.started_at or "", run.run_id)
 
 
 def format_counts(counts: dict[str, int]) -> str:

@@ -93,15 +93,27 @@ def newest_unfinished(job: Job) -> Path | None:
     folder = job_output_dir(job)
     if not folder.is_dir():
         return None
-    for run_dir in sorted((p for p in folder.iterdir() if p.is_dir()), reverse=True):
-        run = RunDir(run_dir)
-        if not run.has_manifest():
-            continue
+    runs = [RunDir(p) for p in folder.iterdir() if p.is_dir() and RunDir(p).has_manifest()]
+    for run in sorted(runs, key=_started, reverse=True):
+        run_dir = run.path
         summary = run.read_run_summary()
         if summary is None or summary.stopped:
             return run_dir  # no (readable) summary: it never finished
         return None  # the newest run finished: nothing to resume
     return None
+
+
+def _started(run: RunDir) -> tuple[str, str, str]:
+    """Newest-first key: the id's second, then the manifest's millisecond, then the id.
+
+    Run ids are precise to the second only, so two runs of a job started in one second (a
+    scheduler's retry, a script calling the API twice) would otherwise sort at random.
+    """
+    try:
+        created = run.read_manifest().created_at
+    except BatcherError:
+        created = ""
+    return (run.run_id[:16], created, run.run_id)
 
 
 def _root_rows(run_dir: Path, outcomes: pl.DataFrame) -> pl.DataFrame:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
+
+import batcher
+from batcher.job import load_job
 from batcher.runs.history import list_runs
-from tests.conftest import run_cli, write_job
+from batcher.runs.lineage import newest_unfinished
+from tests.conftest import DEMO_ENV, run_cli, write_job, write_pairs
 
 
 def make_run(job_dir: Path, run_id: str, summary: dict[str, object] | None) -> None:
@@ -79,3 +86,33 @@ def test_runs_of_a_job_without_runs_is_an_error_with_a_hint(tmp_path: Path) -> N
     result = run_cli("runs", "nothing", "--output", str(tmp_path))
     assert result.returncode == 2
     assert "No runs found" in result.stderr and "--output" in result.stderr
+
+
+def test_two_runs_started_in_one_second_are_ordered_by_their_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run ids are precise to the second: the later run of one second is the newer one, whatever
+    its random suffix, for `batcher runs` and for `run --resume`."""
+    for key, value in DEMO_ENV.items():
+        monkeypatch.setenv(key, value)
+    write_pairs(tmp_path / "pairs.csv", range(3), ["partner-01"])
+    job_path = write_job(tmp_path, "simulator")
+    first = batcher.run_job(job_path).run_dir
+    # A second run in the same second whose suffix sorts before the first's, that never finished.
+    second_id = first.name[:16] + "-0000"
+    second = first.parent / second_id
+    shutil.copytree(first, second)
+    (second / "summary.json").unlink()
+    manifest = json.loads((second / "manifest.json").read_text())
+    assert manifest["created_at"]
+    manifest["run_id"] = second_id
+    started = max(
+        manifest["created_at"], json.loads((first / "summary.json").read_text())["started_at"]
+    )
+    later = datetime.fromisoformat(started.replace("Z", "+00:00")) + timedelta(milliseconds=1)
+    manifest["created_at"] = later.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    (second / "manifest.json").write_text(json.dumps(manifest))
+    assert sorted([first.name, second_id])[0] == second_id  # names alone would say "first"
+
+    assert next(r.run_id for r in list_runs(first.parent)) == second_id
+    assert newest_unfinished(load_job(job_path)) == second
