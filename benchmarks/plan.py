@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -52,6 +53,8 @@ def _child(kind: str, path: Path) -> None:
     import polars as pl
 
     start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = before.ru_utime + before.ru_stime
     if kind == "ours":
         from batcher.job import load_job
         from batcher.runs.validate import validate
@@ -72,8 +75,10 @@ def _child(kind: str, path: Path) -> None:
             .collect()
         )
     elapsed = time.perf_counter() - start
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": elapsed, "peak_rss_mb": peak_kb / 1024}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime - cpu_before
+    peak_mb = usage.ru_maxrss / 1024
+    print(json.dumps({"seconds": elapsed, "cpu_seconds": cpu, "peak_rss_mb": peak_mb}))
 
 
 def measure(kind: str, path: Path) -> dict[str, float]:
@@ -105,11 +110,17 @@ def main() -> None:
         ours = min((o for o, _ in trials), key=lambda m: m["seconds"])
         yard = min((y for _, y in trials), key=lambda m: m["seconds"])
         ratio = ours["seconds"] / yard["seconds"]
+        # CPU seconds (all threads, user + system) are what a loaded machine distorts least.
+        ours_cpu = min(o["cpu_seconds"] for o, _ in trials)
+        yard_cpu = min(y["cpu_seconds"] for _, y in trials)
         print(
             f"{fmt:8} ours {ours['seconds']:6.2f} s "
             f"{args.rows / ours['seconds'] / 1e6:5.2f} M rows/s "
             f"peak {ours['peak_rss_mb']:6.0f} MB | yardstick {yard['seconds']:6.2f} s "
-            f"peak {yard['peak_rss_mb']:6.0f} MB | ratio {ratio:.2f}"
+            f"peak {yard['peak_rss_mb']:6.0f} MB | ratio {ratio:.2f} | CPU s ours "
+            f"{ours_cpu:.2f}, yardstick {yard_cpu:.2f}, ratio {ours_cpu / yard_cpu:.2f} | "
+            f"load {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
+            flush=True,
         )
 
 

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -1023,6 +1023,9 @@ def _validate_in_chunks(
     exactly as a validation of the whole input would have made them.
     """
     parked = _Parked()
+    # A chunk is written while the next one is read and checked (writing is mostly waiting).
+    writer = ThreadPoolExecutor(max_workers=1)
+    written: Future[None] | None = None
     try:
         hashes: list[pl.Series] = []
         slim: list[pl.DataFrame] = []
@@ -1048,9 +1051,13 @@ def _validate_in_chunks(
             assert pair_hashes is not None
             hashes.append(pair_hashes)
             slim.append(rows.select("status", "reason"))
-            parked.add(rows)
+            if written is not None:
+                written.result()
+            written = writer.submit(parked.add, rows)
             key += rows.height
             del rows
+        if written is not None:
+            written.result()
         later = _later_duplicates(pl.concat(hashes).rechunk(), parked.starts)
         del hashes
         if later.height:
@@ -1058,8 +1065,11 @@ def _validate_in_chunks(
         parked.slim = pl.concat(slim).rechunk()
         return parked
     except BaseException:
+        writer.shutdown(wait=True)
         parked.discard()
         raise
+    finally:
+        writer.shutdown(wait=False)
 
 
 def _later_duplicates(hashes: pl.Series, starts: list[int]) -> pl.DataFrame:
