@@ -195,6 +195,13 @@ class Source:
             return self.parked.scan().head(0).collect()
         return pl.scan_ipc(parts).filter(not_valid).collect()
 
+    def release(self) -> None:
+        """Drop the rows a big input parked in scratch files (only the counts stay usable)."""
+        if self.parked is not None:
+            self.parked.discard()
+            object.__setattr__(self, "parked", None)
+            object.__setattr__(self, "rows", self.rows.select("status", "reason"))
+
     def park(self, path: Path) -> None:
         """Write the rows to `path` (Parquet) and keep only `status` and `reason` in memory.
 

@@ -192,3 +192,30 @@ def test_a_killed_runs_parked_rows_are_swept(
     chunked = _load(_job(tmp_path, "in.csv"), 10, monkeypatch)
     assert chunked.parked is not None and chunked.parked.dir.parent == tmp_path / "tmp"
     assert not killed.exists() and alive.exists()
+
+
+def test_validate_writes_the_same_rejects_and_counts_chunked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batcher.runs.validate import validate
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    header = "mobile,partner_program_name"
+    (tmp_path / "in.csv").write_text("\n".join([header, *_mobile_lines(9, 300)]) + "\n")
+    results = []
+    for chunk_rows in (WHOLE, 16):
+        monkeypatch.setattr(source_module, "CHUNK_ROWS", chunk_rows)
+        out = tmp_path / f"out-{chunk_rows}"
+        job = _job(tmp_path, "in.csv", extra=f'[output]\ndir = "{out}"\n')
+        folder, summary, code = validate(job)
+        assert code == 0
+        rejects = pl.read_csv(folder.path / "rejects.csv", infer_schema=False)
+        preview = folder.plan_preview_path.read_text()
+        figures = (summary.counts, summary.reasons, summary.requests_planned, preview)
+        results.append((figures, rejects))
+    assert list(tmp_path.joinpath("tmp").iterdir()) == [], "the scratch rows are gone"
+    (whole, whole_rejects), (chunked, chunked_rejects) = results
+    assert whole == chunked
+    assert whole[0]["duplicate"] > 0 and whole[0]["rejected"] > 0
+    assert_frame_equal(whole_rejects, chunked_rejects)
