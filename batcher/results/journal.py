@@ -297,7 +297,8 @@ def _pairs_set(frame: pl.DataFrame) -> set[tuple[str, str]]:
 
 
 def confirmed_pairs(journal_path: Path) -> pl.DataFrame:
-    """The pairs (cu, pr) whose last word is a confirmed answer: a resume does not send them.
+    """The pairs (columns `customer`, `program`, as sent) whose last word is a confirmed
+    answer: a resume does not send them. The journal's short on-disk keys stay in this module.
 
     Read a block at a time, keeping three columns: a resume of a big run needs a fraction of
     what `read_journal` would hold.
@@ -311,9 +312,11 @@ def confirmed_pairs(journal_path: Path) -> pl.DataFrame:
         )
     parts += [block.select(kept) for block in journal_chunks(journal_path)]
     if not parts:
-        return pl.DataFrame(schema={"cu": pl.String, "pr": pl.String})
+        return pl.DataFrame(schema={"customer": pl.String, "program": pl.String})
     last = pl.concat(parts).unique(subset=PAIR, keep="last", maintain_order=True)
-    return last.filter(pl.col("ok")).select(PAIR)
+    return last.filter(pl.col("ok")).select(
+        pl.col("cu").alias("customer"), pl.col("pr").alias("program")
+    )
 
 
 def unconfirmed_intents(
@@ -330,7 +333,7 @@ def unconfirmed_intents(
     kill), so memory does not grow with the intents file; only the survivors become Python.
     """
     confirmed = confirmed_pairs(journal_path) if confirmed is None else confirmed
-    done = confirmed.select(PAIR)
+    done = confirmed.select(pl.col("customer").alias("cu"), pl.col("program").alias("pr"))
     left: list[pl.DataFrame] = []
     for block in _intent_blocks(journal_path, block_bytes):
         unanswered = block.join(done, on=PAIR, how="anti")

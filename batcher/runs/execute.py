@@ -136,7 +136,9 @@ def _pairs_to_send(parked: Path, confirmed: pl.DataFrame | None) -> PairBatches:
     from the parked rows a slice at a time, in input order."""
     done = None
     if confirmed is not None and confirmed.height:
-        done = confirmed.select(pl.col("cu").alias("_customer"), pl.col("pr").alias("_program"))
+        done = confirmed.select(
+            pl.col("customer").alias("_customer"), pl.col("program").alias("_program")
+        )
 
     def batches() -> Iterator[pl.DataFrame]:
         scan = pl.scan_parquet(parked)

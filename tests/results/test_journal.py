@@ -33,7 +33,9 @@ def test_unconfirmed_intents_in_small_blocks_equal_the_whole_file(tmp_path: Path
     journal.intend(pairs[:5])  # a pair intended twice (a resend)
     journal.close()
     confirmed = confirmed_pairs(path)
-    whole = intent_pairs(path).join(confirmed, on=["cu", "pr"], how="anti")
+    whole = intent_pairs(path).join(
+        confirmed.rename({"customer": "cu", "program": "pr"}), on=["cu", "pr"], how="anti"
+    )
     expected = set(zip(whole["cu"].to_list(), whole["pr"].to_list(), strict=True))
     assert expected, "some intended pairs have no confirmed answer"
     assert unconfirmed_intents(path, confirmed, block_bytes=64) == expected
