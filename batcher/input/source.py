@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import polars as pl
 
@@ -406,6 +406,8 @@ class _FileRows(NamedTuple):
     path: str
     fmt: Format
     encoding: str
+    # A local CSV's rows `rows` at a time, read by byte ranges (see `_csv_ranges`); None: sliced.
+    ranges: Callable[[int], Iterator[pl.DataFrame]] | None = None
 
 
 def _read_file(
@@ -475,10 +477,15 @@ def _read_file(
             )
     # The renamed names of the identifier/program columns are what validation reads.
     row_number = [pl.col(excel.SHEET_ROW)] if sheet is not None else []
-    lf = lf.select([*row_number, *(pl.col(old).alias(new) for old, new in kept.items())])
-    if fmt == "csv" and any(n in BATCHER_COLUMNS for n in names):
-        # batcher wrote this file: undo its formula markers, so every value reads back as it was.
-        lf = lf.with_columns(restore_formula(new) for new in kept.values())
+
+    def shaped(lf: pl.LazyFrame) -> pl.LazyFrame:
+        lf = lf.select([*row_number, *(pl.col(old).alias(new) for old, new in kept.items())])
+        if fmt == "csv" and any(n in BATCHER_COLUMNS for n in names):
+            # batcher wrote this file: undo its formula markers, so values read back as they were.
+            lf = lf.with_columns(restore_formula(new) for new in kept.values())
+        return lf
+
+    lf = shaped(lf)
     float_identifier = False
     if fmt == "parquet":
         float_identifier = id_col is not None and lf.collect_schema()[id_col].is_float()
@@ -492,9 +499,7 @@ def _read_file(
         lf = lf.with_columns(pl.col(c).cast(pl.String) for c in {id_col, prog_col} if c)
     base = lf
 
-    def rows_from(start: int, length: int | None) -> pl.LazyFrame:
-        # The slice comes first, so the reader skips to it; the row number follows it.
-        part = base if length is None else base.slice(start, length)
+    def numbered(part: pl.LazyFrame, start: int) -> pl.LazyFrame:
         if sheet is not None:  # rows keep the sheet's numbering (empty rows were skipped)
             return part.select(
                 pl.col(excel.SHEET_ROW).alias("row"),
@@ -507,6 +512,27 @@ def _read_file(
             pl.lit(label, dtype=pl.String).alias("source_file"),
             pl.exclude("row"),
         )
+
+    def rows_from(start: int, length: int | None) -> pl.LazyFrame:
+        # The slice comes first, so the reader skips to it; the row number follows it.
+        return numbered(base if length is None else base.slice(start, length), start)
+
+    ranges: Callable[[int], Iterator[pl.DataFrame]] | None = None
+    if (
+        fmt == "csv"
+        and not cloud.is_object_url(path)
+        and inp.encoding.lower() in _POLARS_ENCODINGS
+        and len(inp.separator.encode()) == 1
+    ):
+        reader = _CsvRanges(
+            Path(path),
+            names,
+            inp.separator,
+            _POLARS_ENCODINGS[inp.encoding.lower()],
+            lambda frame, start: numbered(shaped(frame), start),
+            rows_from,
+        )
+        ranges = reader.frames
 
     id_col, prog_col = id_col or inp.identifier_column, prog_col or inp.program_column
     originals = {new: old for old, new in kept.items() if new != old}
@@ -522,6 +548,7 @@ def _read_file(
         path,
         fmt,
         inp.encoding,
+        ranges,
     )
 
 
@@ -535,13 +562,145 @@ def _slices(got: _FileRows, rows: int | None) -> Iterator[pl.DataFrame]:
     if rows is None:
         yield got.rows_from(0, None).collect()
         return
-    start = 0
+    if got.ranges is not None:
+        yield from got.ranges(rows)
+        return
+    yield from _sliced(got.rows_from, rows)
+
+
+def _sliced(
+    rows_from: Callable[[int, int | None], pl.LazyFrame], rows: int, start: int = 0
+) -> Iterator[pl.DataFrame]:
+    """The rows from `start` on, `rows` at a time, each slice its own query."""
     while True:
-        frame = got.rows_from(start, rows).collect()
+        frame = rows_from(start, rows).collect()
         yield frame
         if frame.height < rows:
             return
         start += rows
+
+
+# Bytes of a CSV read first, to estimate its bytes per line (tests make it small).
+_RANGE_PROBE = 1 << 20
+
+
+class _CsvRanges:
+    """A local CSV's rows a chunk at a time, each chunk parsed from its own byte range.
+
+    A slice of a lazy scan looks for its first line from the start of the file (2.4 s for the
+    10 slices of a 10M-row file, against 1.1 s for one read). Here the file is read once, in
+    ranges of about a chunk's bytes, each cut just before a line and parsed on its own. That is
+    only sound when no line break can sit inside a field: a range holding a quote character
+    (or that the reader refuses) makes the rest of the file be read by slices, from the first
+    row of that range (where the error, if any, is then raised as before). A range starts on a
+    line with the header's number of fields (never a blank or short line: the reader takes a
+    range's first line as its shape), so each range parses as its lines do in the whole file.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        names: list[str],
+        separator: str,
+        encoding: str,
+        finish: Callable[[pl.LazyFrame, int], pl.LazyFrame],
+        rows_from: Callable[[int, int | None], pl.LazyFrame],
+    ) -> None:
+        self.path = path
+        self.names = names
+        self.separator = separator
+        self.sep = separator.encode()
+        self.encoding = encoding
+        self.finish = finish
+        self.rows_from = rows_from
+
+    def frames(self, rows: int) -> Iterator[pl.DataFrame]:
+        """The rows, exactly `rows` a frame (the last may have fewer; none when there are none)."""
+        pending: list[pl.DataFrame] = []
+        held = 0
+        for frame in self._ranges(rows):
+            pending.append(frame)
+            held += frame.height
+            if held < rows:
+                continue
+            joined = pl.concat(pending, rechunk=False) if len(pending) > 1 else pending[0]
+            while joined.height >= rows:
+                yield joined.slice(0, rows)
+                joined = joined.slice(rows)
+            pending, held = ([joined], joined.height) if joined.height else ([], 0)
+        if held:
+            yield pl.concat(pending, rechunk=False) if len(pending) > 1 else pending[0]
+
+    def _ranges(self, rows: int) -> Iterator[pl.DataFrame]:
+        """Frames of any size, in order: ranges parsed on their own, then slices if needed."""
+        done = 0  # rows given so far
+        with open(self.path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            probe = f.read(_RANGE_PROBE)
+            per_line = len(probe) / max(probe.count(b"\n"), 1)
+            del probe
+            target = max(int(rows * per_line), 1)
+            start = 0
+            while start < size or start == 0:
+                end = self._line_start(f, start + target, size)
+                f.seek(start)
+                data = f.read(end - start)  # the range, read once, exactly
+                if b'"' in data:
+                    break  # a quoted field may hold a line break: slices from here
+                try:
+                    frame = self._parse(data, start == 0, done)
+                except pl.exceptions.PolarsError:
+                    break
+                if frame is None:
+                    break
+                del data
+                done += frame.height
+                if frame.height:
+                    yield frame
+                start = end
+                if start >= size:
+                    return
+        yield from _sliced(self.rows_from, rows, done)
+
+    def _line_start(self, f: BinaryIO, at: int, size: int) -> int:
+        """The start of the first line after byte `at` that can start a range, else `size`.
+
+        Such a line has the header's number of fields (a blank or short line cannot: the reader
+        takes a range's first line as its shape); it ends with a line break."""
+        fields = len(self.names) - 1
+        window = 1 << 16
+        while at < size:
+            f.seek(at)
+            chunk = f.read(window)
+            line = chunk.find(b"\n") + 1
+            while line:
+                end = chunk.find(b"\n", line)
+                if end < 0:
+                    break
+                text = chunk[line:end]
+                if text and text[:1] != b"\r" and text.count(self.sep) == fields:
+                    return at + line
+                line = end + 1
+            if len(chunk) < window:
+                return size  # the file ends first
+            at += max(line - 1, 1) if line else len(chunk)
+            window *= 2
+        return size
+
+    def _parse(self, data: bytes, header: bool, done: int) -> pl.DataFrame | None:
+        """One range's rows as the lazy scan would give them; None if its header differs."""
+        frame = pl.read_csv(
+            data,
+            has_header=header,
+            schema=None if header else dict.fromkeys(self.names, pl.String),
+            infer_schema=False,
+            separator=self.separator,
+            encoding="utf8" if self.encoding == "utf8" else "utf8-lossy",
+            raise_if_empty=False,
+        )
+        if frame.columns != self.names:
+            return None
+        return self.finish(frame.lazy(), done).collect()
 
 
 def _file_batches(

@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from batcher.errors import InputError
 from batcher.input import source as source_module
 from batcher.input.source import Source, load_source
 from batcher.job import Job, load_job
@@ -219,3 +220,96 @@ def test_validate_writes_the_same_rejects_and_counts_chunked(
     assert whole == chunked
     assert whole[0]["duplicate"] > 0 and whole[0]["rejected"] > 0
     assert_frame_equal(whole_rejects, chunked_rejects)
+
+
+def _sliced_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local CSV read as before the byte ranges: by slices of a lazy scan."""
+    monkeypatch.setattr(
+        source_module._CsvRanges,
+        "_ranges",
+        lambda self, rows: source_module._sliced(self.rows_from, rows),
+    )
+
+
+def _spy_slices(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The first row of every sliced reading (none when only byte ranges were read)."""
+    starts: list[int] = []
+    sliced = source_module._sliced
+
+    def spy(rows_from: object, rows: int, start: int = 0) -> object:
+        starts.append(start)
+        return sliced(rows_from, rows, start)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(source_module, "_sliced", spy)
+    return starts
+
+
+def _plain_lines(count: int) -> list[str]:
+    """`_mobile_lines` without quotes, plus short lines, runs of blank lines and cells of spaces."""
+    lines = [line.replace('"', "") for line in _mobile_lines(5, count)]
+    lines[0:0] = ["", ""]  # blank lines right after the header
+    lines[40:40] = ["", "", "", ",", " , ", "919800000001"]  # a short line: its program is null
+    return lines
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+@pytest.mark.parametrize("final_newline", [True, False])
+@pytest.mark.parametrize(("chunk_rows", "probe"), [(1, 8), (7, 64), (64, 1 << 20)])
+def test_csv_byte_ranges_give_the_rows_of_the_sliced_reading(
+    tmp_path: Path,
+    newline: str,
+    final_newline: bool,
+    chunk_rows: int,
+    probe: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body = newline.join(["\ufeffmobile,partner_program_name", *_plain_lines(300)])
+    (tmp_path / "in.csv").write_bytes((body + (newline if final_newline else "")).encode())
+    job = _job(tmp_path, "in.csv", extra='default_country_code = "91"\n')
+    with monkeypatch.context() as m:
+        _sliced_only(m)
+        whole = _load(job, WHOLE, m)
+    monkeypatch.setattr(source_module, "_RANGE_PROBE", probe)
+    starts = _spy_slices(monkeypatch)
+    chunked = _load(job, chunk_rows, monkeypatch)
+    assert starts == [], "every row was read by byte ranges"
+    assert chunked.parked is not None
+    assert whole.blank_lines > 5 and whole.counts()["duplicate"] > 50
+    _assert_same(whole, chunked)
+
+
+def test_a_csv_with_quotes_is_read_by_slices_from_the_range_holding_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = _plain_lines(300)
+    lines[200] = '919800000001,"partner\n01"'  # a line break inside a quoted field
+    (tmp_path / "in.csv").write_text("\n".join(["mobile,partner_program_name", *lines]) + "\n")
+    job = _job(tmp_path, "in.csv")
+    with monkeypatch.context() as m:
+        _sliced_only(m)
+        whole = _load(job, WHOLE, m)
+    monkeypatch.setattr(source_module, "_RANGE_PROBE", 64)
+    starts = _spy_slices(monkeypatch)
+    chunked = _load(job, 7, monkeypatch)
+    assert len(starts) == 1 and 0 < starts[0] <= 201, "ranges until the quote, then slices"
+    assert whole.rows.filter(pl.col("_program") == "partner\n01").height == 0  # rejected
+    assert whole.rows.get_column("message").str.contains("control character").any()
+    _assert_same(whole, chunked)
+
+
+def test_a_csv_byte_range_that_is_not_utf8_fails_as_the_sliced_reading_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = ["mobile,partner_program_name", *(f"9198{i:08d},partner-01" for i in range(100))]
+    content = ("\n".join(lines) + "\n").encode().replace(b"partner-01\n91980000007", b"\xff\n9")
+    (tmp_path / "in.csv").write_bytes(content)
+    job = _job(tmp_path, "in.csv")
+    with monkeypatch.context() as m:
+        _sliced_only(m)
+        with pytest.raises(InputError) as whole:
+            _load(job, WHOLE, m)
+    monkeypatch.setattr(source_module, "_RANGE_PROBE", 64)
+    with pytest.raises(InputError) as chunked:
+        _load(job, 7, monkeypatch)
+    assert str(chunked.value) == str(whole.value)
+    assert "line 71" in str(chunked.value)
