@@ -211,6 +211,7 @@ class Source:
         A big input's rows already wait on disk: they are moved into `path`.
         """
         if self.parked is not None:
+            self.parked.pairs = None  # a run plans from the parked rows, not from memory
             self.parked.scan().sink_parquet(
                 path, compression="lz4", row_group_size=PARKED_ROW_GROUP
             )
@@ -222,6 +223,8 @@ class Source:
 
     def pairs(self) -> pl.DataFrame:
         """The valid rows as the planner wants them: _key, _customer, _program."""
+        if self.parked is not None and self.parked.pairs is not None:
+            return self.parked.pairs
         if self.parked is not None:
             return (
                 self.parked.scan()
@@ -825,6 +828,9 @@ def count_national_mobiles(source: Source, digits: int) -> int:
     if source.identifier != "mobile" or source.row_count == 0:
         return 0
     either = f"{national_mobile_re(digits)}|{national_mobile_re(digits, trunk=True)}"
+    if source.parked is not None and source.parked.pairs is not None:
+        kept = source.parked.pairs.select(pl.col("_customer").str.contains(either).sum())
+        return int(kept.item() or 0)
     found = (
         source.scan()
         .select(((pl.col("status") == "valid") & pl.col("_customer").str.contains(either)).sum())
@@ -1154,6 +1160,9 @@ class _Parked:
         self.starts: list[int] = []  # the first _key of each part
         self.rows = 0
         self.slim = pl.DataFrame(schema={"status": STATUS, "reason": REASON})
+        # The valid rows' _key, _customer, _program, kept in memory while the rows wait on disk
+        # (they are what `validate` and the preflight plan with): not read back from the files.
+        self.pairs: pl.DataFrame | None = None
 
     def add(self, rows: pl.DataFrame) -> None:
         self.starts.append(self.rows)
@@ -1168,6 +1177,7 @@ class _Parked:
         return pl.scan_ipc(self.parts)
 
     def discard(self) -> None:
+        self.pairs = None
         self._cleanup()
 
 
@@ -1195,6 +1205,7 @@ def _validate_in_chunks(
     try:
         hashes: list[pl.Series] = []
         slim: list[pl.DataFrame] = []
+        pairs: list[pl.DataFrame] = []
         key = 0
         for frames in groups:
             aligned = [
@@ -1217,6 +1228,10 @@ def _validate_in_chunks(
             assert pair_hashes is not None
             hashes.append(pair_hashes)
             slim.append(rows.select("status", "reason"))
+            valid = rows.get_column("status") == "valid"
+            chunk_pairs = rows.select("_key", "_customer", "_program")
+            pairs.append(chunk_pairs if valid.all() else chunk_pairs.filter(valid))
+            del valid, chunk_pairs
             if written is not None:
                 written.result()
             written = writer.submit(parked.add, rows)
@@ -1226,9 +1241,13 @@ def _validate_in_chunks(
             written.result()
         later = _later_duplicates(pl.concat(hashes).rechunk(), parked.starts)
         del hashes
+        kept = pl.concat(pairs, rechunk=False)
+        del pairs
         if later.height:
             _rewrite_duplicates(parked, later, slim, job.input.identifier)
+            kept = kept.filter(~pl.col("_key").is_in(later.get_column("_key").implode()))
         parked.slim = pl.concat(slim).rechunk()
+        parked.pairs = kept
         return parked
     except BaseException:
         writer.shutdown(wait=True)

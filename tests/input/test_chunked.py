@@ -18,7 +18,7 @@ from polars.testing import assert_frame_equal
 
 from batcher.errors import InputError
 from batcher.input import source as source_module
-from batcher.input.source import Source, load_source
+from batcher.input.source import Source, count_national_mobiles, load_source
 from batcher.job import Job, load_job
 
 WHOLE = 10**9
@@ -85,6 +85,10 @@ def _assert_same(whole: Source, chunked: Source) -> None:
     )
     assert_frame_equal(chunked.pairs(), whole.pairs())
     assert_frame_equal(chunked.not_valid(), whole.not_valid())
+    # The pairs a chunked input keeps in memory, not read back from its parked rows.
+    assert chunked.parked is not None and chunked.parked.pairs is not None
+    for digits in (9, 10):
+        assert count_national_mobiles(chunked, digits) == count_national_mobiles(whole, digits)
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 7, 64])
