@@ -187,13 +187,13 @@ class Source:
         # Only the parked chunks holding such rows are read (usually none, or a few).
         ends = [*self.parked.starts[1:], self.parked.rows]
         parts = [
-            path
-            for path, start, end in zip(self.parked.parts, self.parked.starts, ends, strict=True)
+            self.parked.part(i)
+            for i, (start, end) in enumerate(zip(self.parked.starts, ends, strict=True))
             if not self.rows.slice(start, end - start).get_column("status").eq("valid").all()
         ]
         if not parts:
             return self.parked.scan().head(0).collect()
-        return pl.scan_ipc(parts).filter(not_valid).collect()
+        return pl.concat(parts).filter(not_valid).collect()
 
     def release(self) -> None:
         """Drop the rows a big input parked in scratch files (only the counts stay usable)."""
@@ -1152,8 +1152,13 @@ class _Parked:
 
     `slim` holds each row's status and reason in memory, in order, for the counts."""
 
-    def __init__(self) -> None:
+    def __init__(self, id_col: str = "", prog_col: str = "") -> None:
         _sweep_killed_parks()
+        # A column the cleanup left as it was read is not written twice: each part says which
+        # columns it rebuilds on reading (the input's own, or all-null ones) instead.
+        self.copies = {"_customer": id_col, "_program": prog_col}
+        self.rebuilt: list[dict[str, pl.Expr]] = []
+        self.schema = pl.Schema()
         self.dir = Path(tempfile.mkdtemp(prefix=f"{_PARK_PREFIX}{os.getpid()}-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, True)
         self.parts: list[Path] = []
@@ -1167,14 +1172,43 @@ class _Parked:
     def add(self, rows: pl.DataFrame) -> None:
         self.starts.append(self.rows)
         self.rows += rows.height
-        path = self.dir / f"part-{len(self.parts):05d}.arrow"
-        # Arrow IPC, uncompressed: written at memory speed (Parquet took 4x longer), and the
-        # files live only until the run parks the rows as Parquet or `validate` ends.
-        rows.write_ipc(path, compression="uncompressed")
-        self.parts.append(path)
+        self.parts.append(self.dir / f"part-{len(self.parts):05d}.arrow")
+        self.rebuilt.append({})
+        self.write(len(self.parts) - 1, rows)
+
+    def write(self, i: int, rows: pl.DataFrame) -> None:
+        """(Re)write part `i`: `rows` minus the columns that can be rebuilt on reading."""
+        self.schema = rows.schema
+        rebuilt: dict[str, pl.Expr] = {}
+        for name, same_as in self.copies.items():
+            if same_as in rows.columns and rows.get_column(name).equals(
+                rows.get_column(same_as), check_names=False
+            ):
+                rebuilt[name] = pl.col(same_as)
+        for name in ("message", "duplicate_of"):
+            if rows.get_column(name).null_count() == rows.height:
+                rebuilt[name] = pl.lit(None, dtype=rows.schema[name])
+        # Arrow IPC, uncompressed: written at memory speed (Parquet took 4x longer, lz4 1.1 s
+        # more CPU at 10M rows), and the files live only until the run parks the rows as
+        # Parquet or `validate` ends.
+        tmp = self.parts[i].with_suffix(".tmp")
+        rows.drop(list(rebuilt)).write_ipc(tmp, compression="uncompressed")
+        os.replace(tmp, self.parts[i])
+        self.rebuilt[i] = rebuilt
+
+    def part(self, i: int) -> pl.LazyFrame:
+        """Part `i` with every column, in order."""
+        names = self.schema.names()
+        return (
+            pl.scan_ipc(self.parts[i])
+            .with_columns(**self.rebuilt[i])
+            .select(pl.col(n).cast(self.schema[n]) for n in names)
+        )
 
     def scan(self) -> pl.LazyFrame:
-        return pl.scan_ipc(self.parts)
+        if not self.parts:
+            return pl.LazyFrame(schema=self.schema)
+        return pl.concat([self.part(i) for i in range(len(self.parts))])
 
     def discard(self) -> None:
         self.pairs = None
@@ -1198,7 +1232,7 @@ def _validate_in_chunks(
     values (a collision raises _PairCollision) and rewritten as duplicates of the first row,
     exactly as a validation of the whole input would have made them.
     """
-    parked = _Parked()
+    parked = _Parked(id_col, prog_col)
     # A chunk is written while the next one is read and checked (writing is mostly waiting).
     writer = ThreadPoolExecutor(max_workers=1)
     written: Future[None] | None = None
@@ -1299,7 +1333,7 @@ def _rewrite_duplicates(
     for part in first_parts.unique().sort().to_list():
         wanted = firsts_needed.filter(first_parts == part)
         info.append(
-            pl.scan_ipc(parked.parts[part])
+            parked.part(part)
             .filter(pl.col("_key").is_in(wanted.implode()))
             .select(
                 pl.col("_key").alias("_first"),
@@ -1313,8 +1347,7 @@ def _rewrite_duplicates(
     first_rows = pl.concat(info)
     later_parts = starts.search_sorted(later.get_column("_key"), side="right") - 1
     for part in later_parts.unique().sort().to_list():
-        path = parked.parts[part]
-        rows = pl.read_ipc(path)
+        rows = parked.part(part).collect()
         names = rows.columns
         patch = later.filter(later_parts == part).join(first_rows, on="_first", how="left")
         rows = rows.join(patch, on="_key", how="left", maintain_order="left")
@@ -1338,9 +1371,7 @@ def _rewrite_duplicates(
             duplicate_of=pl.when(hit).then(first_row).otherwise(pl.col("duplicate_of")),
         ).select(names)
         slim[part] = rows.select("status", "reason")
-        tmp = path.with_suffix(".tmp")
-        rows.write_ipc(tmp, compression="uncompressed")
-        os.replace(tmp, path)
+        parked.write(part, rows)
 
 
 def _load_rows(job: Job, paths: list[str], chunk_rows: int | None = None) -> _Loaded:
