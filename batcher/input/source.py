@@ -1155,7 +1155,7 @@ class _Parked:
     def __init__(self, id_col: str = "", prog_col: str = "") -> None:
         _sweep_killed_parks()
         # A column the cleanup left as it was read is not written twice: each part says which
-        # columns it rebuilds on reading (the input's own, or all-null ones) instead.
+        # columns it rebuilds on reading (the input's own, all-null ones, its one file's name).
         self.copies = {"_customer": id_col, "_program": prog_col}
         self.rebuilt: list[dict[str, pl.Expr]] = []
         self.schema = pl.Schema()
@@ -1188,6 +1188,9 @@ class _Parked:
         for name in ("message", "duplicate_of"):
             if rows.get_column(name).null_count() == rows.height:
                 rebuilt[name] = pl.lit(None, dtype=rows.schema[name])
+        files = rows.get_column("source_file")
+        if files.len() and files.null_count() == 0 and (files == files[0]).all():
+            rebuilt["source_file"] = pl.lit(files[0], dtype=pl.String)  # a part of one file
         # Arrow IPC, uncompressed: written at memory speed (Parquet took 4x longer, lz4 1.1 s
         # more CPU at 10M rows), and the files live only until the run parks the rows as
         # Parquet or `validate` ends.
