@@ -1065,19 +1065,24 @@ def _validate(
     ), hashes
 
 
-def load_source(job: Job) -> Source:
-    """Read the job's input (file or glob) and validate every row; InputError if unusable."""
+def load_source(job: Job, *, keep_pairs: bool = True) -> Source:
+    """Read the job's input (file or glob) and validate every row; InputError if unusable.
+
+    A big input's rows wait on disk; `keep_pairs` also keeps its valid pairs in memory (about
+    40 bytes a pair), which `validate` wants for its plan figures. A run passes False: it plans
+    from the parked rows a slice at a time, and the pairs would be the peak of a 10M-pair run.
+    """
     if cloud.is_object_url(job.input.path):
         # An object's fingerprint is what the store says of it: listed before it is read.
         files = fingerprint_inputs(job)
         paths, is_glob = [f.path for f in files], len(files) > 1 or _glob_path(job)
-        return _source(job, files, _load_rows(job, paths), is_glob)
+        return _source(job, files, _load_rows(job, paths, keep_pairs=keep_pairs), is_glob)
     paths, is_glob = resolve_inputs(job)
     # hashlib releases the GIL: the files are hashed while polars reads and checks them.
     with ThreadPoolExecutor(max_workers=1) as pool:
         described = pool.submit(lambda: [describe_local(Path(p)) for p in paths])
         try:
-            loaded = _load_rows(job, paths)
+            loaded = _load_rows(job, paths, keep_pairs=keep_pairs)
         except BaseException:
             described.result()  # an unreadable file is reported as such, before anything else
             raise
@@ -1226,6 +1231,8 @@ def _validate_in_chunks(
     prog_col: str,
     national: NationalMobiles | None,
     float_files: list[str],
+    *,
+    keep_pairs: bool = True,
 ) -> _Parked:
     """Validate and park the rows a chunk at a time; memory holds one chunk and 8 bytes a row.
 
@@ -1267,7 +1274,8 @@ def _validate_in_chunks(
             slim.append(rows.select("status", "reason"))
             valid = rows.get_column("status") == "valid"
             chunk_pairs = rows.select("_key", "_customer", "_program")
-            pairs.append(chunk_pairs if valid.all() else chunk_pairs.filter(valid))
+            if keep_pairs:
+                pairs.append(chunk_pairs if valid.all() else chunk_pairs.filter(valid))
             del valid, chunk_pairs
             if written is not None:
                 written.result()
@@ -1279,11 +1287,12 @@ def _validate_in_chunks(
         # Not rechunked: a copy of every hash (80 MB at 10M rows) at the peak of memory.
         later = _later_duplicates(pl.concat(hashes), parked.starts)
         del hashes
-        kept = pl.concat(pairs, rechunk=False)
+        kept = pl.concat(pairs, rechunk=False) if pairs else None
         del pairs
         if later.height:
             _rewrite_duplicates(parked, later, slim, job.input.identifier)
-            kept = kept.filter(~pl.col("_key").is_in(later.get_column("_key").implode()))
+            if kept is not None:
+                kept = kept.filter(~pl.col("_key").is_in(later.get_column("_key").implode()))
         parked.slim = pl.concat(slim).rechunk()
         parked.pairs = kept
         return parked
@@ -1378,7 +1387,9 @@ def _rewrite_duplicates(
         parked.write(part, rows)
 
 
-def _load_rows(job: Job, paths: list[str], chunk_rows: int | None = None) -> _Loaded:
+def _load_rows(
+    job: Job, paths: list[str], chunk_rows: int | None = None, *, keep_pairs: bool = True
+) -> _Loaded:
     """The files' rows, validated, with what was learnt reading them.
 
     An input of more than `chunk_rows` rows (default CHUNK_ROWS) is read and validated a chunk
@@ -1441,6 +1452,7 @@ def _load_rows(job: Job, paths: list[str], chunk_rows: int | None = None) -> _Lo
                 prog_col,
                 national,
                 float_files,
+                keep_pairs=keep_pairs,
             )
         except _PairCollision:
             # Two different pairs of one 64-bit hash in two chunks (about one chance in 10^12

@@ -238,7 +238,7 @@ def execute(
         profile = load_profile(job.simulator_profile)
     credentials = resolve_credentials(job, profile)
     check_output(job)  # an output bucket that cannot be reached: refused before anything is sent
-    source = load_source(job)
+    source = load_source(job, keep_pairs=False)
     preflight(job, source, confirm)
     run_id = run_dir.name if run_dir is not None else new_run_id()
     holder = {"job": job.name, "run_id": run_id}

@@ -33,9 +33,11 @@ def _job(tmp_path: Path, path: str, identifier: str = "mobile", extra: str = "")
     return load_job(job)
 
 
-def _load(job: Job, chunk_rows: int, monkeypatch: pytest.MonkeyPatch) -> Source:
+def _load(
+    job: Job, chunk_rows: int, monkeypatch: pytest.MonkeyPatch, *, keep_pairs: bool = True
+) -> Source:
     monkeypatch.setattr(source_module, "CHUNK_ROWS", chunk_rows)
-    return load_source(job)
+    return load_source(job, keep_pairs=keep_pairs)
 
 
 def _mobile_lines(seed: int, count: int) -> list[str]:
@@ -72,7 +74,7 @@ def _mobile_lines(seed: int, count: int) -> list[str]:
     return lines
 
 
-def _assert_same(whole: Source, chunked: Source) -> None:
+def _assert_same(whole: Source, chunked: Source, *, kept_pairs: bool = True) -> None:
     assert whole.parked is None
     assert_frame_equal(chunked.scan().collect(), whole.rows)
     assert chunked.counts() == whole.counts()
@@ -85,8 +87,8 @@ def _assert_same(whole: Source, chunked: Source) -> None:
     )
     assert_frame_equal(chunked.pairs(), whole.pairs())
     assert_frame_equal(chunked.not_valid(), whole.not_valid())
-    # The pairs a chunked input keeps in memory, not read back from its parked rows.
-    assert chunked.parked is not None and chunked.parked.pairs is not None
+    # validate keeps the pairs in memory; a run (keep_pairs=False) reads them from the rows.
+    assert chunked.parked is not None and (chunked.parked.pairs is not None) == kept_pairs
     for digits in (9, 10):
         assert count_national_mobiles(chunked, digits) == count_national_mobiles(whole, digits)
 
@@ -108,6 +110,8 @@ def test_chunked_csv_glob_matches_the_whole_input(
     across_files = whole.rows.filter(pl.col("message").str.contains(" of in-"))
     assert across_files.height > 0, "some duplicates name a first row in another file"
     _assert_same(whole, chunked)
+    # A run's validation keeps no pairs in memory and gives the same rows and pairs.
+    _assert_same(whole, _load(job, chunk_rows, monkeypatch, keep_pairs=False), kept_pairs=False)
 
 
 @pytest.mark.parametrize("chunk_rows", [3, 100])
