@@ -185,8 +185,7 @@ def resume_run(
     from batcher.runs import lineage
 
     with logs.for_call(log_format, log_level):
-        folder = Path(run_dir).resolve()
-        job = lineage.job_of_run(folder, lineage.read_manifest(folder))
+        folder, job = _folder_and_job(run_dir)
         return _reported(
             job,
             progress_every_s,
@@ -211,8 +210,7 @@ def retry_run(
     from batcher.runs import lineage
 
     with logs.for_call(log_format, log_level):
-        folder = Path(run_dir).resolve()
-        job = lineage.job_of_run(folder, lineage.read_manifest(folder))
+        folder, job = _folder_and_job(run_dir)
         return _reported(
             job,
             progress_every_s,
@@ -255,6 +253,14 @@ class _Watchers:
             for w in self.watchers:
                 await stack.enter_async_context(w.live(*watch))
             yield
+
+
+def _folder_and_job(run_dir: str | Path) -> tuple[Path, Job]:
+    """A run folder (absolute) and the job its manifest names: what resume and retry act on."""
+    from batcher.runs import lineage
+
+    folder = Path(run_dir).resolve()
+    return folder, lineage.job_of_run(folder, lineage.read_manifest(folder))
 
 
 def _reported(

@@ -285,17 +285,11 @@ def log_event(event: Event) -> None:
                 pause_s=round(pause_s, 3),
                 rate_per_s=round(rate_per_s, 3),
             )
-        case Split(request_id, status, code, customers):
+        case Split(request_id, status, code, customers) | TooBig(
+            request_id, status, code, customers
+        ):
             log.info(
-                "request.split",
-                request_id=request_id,
-                status=status,
-                code=code,
-                customers=customers,
-            )
-        case TooBig(request_id, status, code, customers):
-            log.info(
-                "request.too_big",
+                "request.split" if isinstance(event, Split) else "request.too_big",
                 request_id=request_id,
                 status=status,
                 code=code,
