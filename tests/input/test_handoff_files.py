@@ -164,6 +164,23 @@ def read_back(path: Path) -> pl.DataFrame:
     return pl.read_csv(path.read_bytes().removeprefix(BOM), infer_schema=False)
 
 
+def feed_back(job: Path, run_dir: Path, sim: Any) -> Path:
+    """Feed a run's rejects to validate (they must come out the same) and, with the faults
+    off, its failures to a new run, which must succeed; the new run's folder."""
+    out = run_dir.parent.parent  # out/<job>/<run id>
+    again = cli("validate", str(job), "--input", str(run_dir / "rejects.csv"))
+    assert again.exit_code == 0, again.output
+    check = new_run(out, [run_dir])
+    first, second = read_back(run_dir / "rejects.csv"), read_back(check / "rejects.csv")
+    assert second.drop("batcher_row").equals(first.drop("batcher_row"))
+
+    sim.set_faults(None)
+    before = run_dirs(out)
+    fed = cli("run", str(job), "--input", str(run_dir / "failures.csv"), "--quiet")
+    assert fed.exit_code == 0, fed.output
+    return new_run(out, before)
+
+
 def test_user_columns_named_like_batcher_columns_keep_their_names_and_values(
     tmp_path: Path, simulator: Sim
 ) -> None:
@@ -204,17 +221,7 @@ def test_user_columns_named_like_batcher_columns_keep_their_names_and_values(
 
     # Fed back as it is: batcher's verdict columns go, the user's stay, values unchanged.
     # Rejects fed back (as a user would after fixing nothing) come out the same.
-    again = cli("validate", str(job), "--input", str(run_dir / "rejects.csv"))
-    assert again.exit_code == 0, again.output
-    check = new_run(tmp_path / "out", [run_dir])
-    first, second = read_back(run_dir / "rejects.csv"), read_back(check / "rejects.csv")
-    assert second.drop("batcher_row").equals(first.drop("batcher_row"))
-
-    sim.set_faults(None)
-    before = run_dirs(tmp_path / "out")
-    fed = cli("run", str(job), "--input", str(run_dir / "failures.csv"), "--quiet")
-    assert fed.exit_code == 0, fed.output
-    child = new_run(tmp_path / "out", before)
+    child = feed_back(job, run_dir, sim)
     summary = read_summary(child)
     assert summary["input"]["columns"] == USER_HEADER
     assert any("batcher" in n for n in summary["input"]["notes"])
@@ -271,17 +278,7 @@ def test_csv_outputs_open_in_a_spreadsheet_and_read_back_unchanged(
     assert read_back(run_dir / "rejects.csv")["remark"].to_list() == ["'=HYPERLINK(1)"]
 
     # Rejects fed back (as a user would after fixing nothing) come out the same.
-    again = cli("validate", str(job), "--input", str(run_dir / "rejects.csv"))
-    assert again.exit_code == 0, again.output
-    check = new_run(tmp_path / "out", [run_dir])
-    first, second = read_back(run_dir / "rejects.csv"), read_back(check / "rejects.csv")
-    assert second.drop("batcher_row").equals(first.drop("batcher_row"))
-
-    sim.set_faults(None)
-    before = run_dirs(tmp_path / "out")
-    fed = cli("run", str(job), "--input", str(run_dir / "failures.csv"), "--quiet")
-    assert fed.exit_code == 0, fed.output
-    back = outcomes(new_run(tmp_path / "out", before))
+    back = outcomes(feed_back(job, run_dir, sim))
     assert back["remark"].to_list() == TRICKY, "batcher reads its own CSV back unchanged"
 
     merged = tmp_path / "merged.csv"
