@@ -5,6 +5,9 @@ The simulator's own counters are the truth: what it says is linked, attempted an
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -206,36 +209,40 @@ def test_a_poison_customer_is_isolated_by_splitting(tmp_path: Path, simulator: S
     assert {m for m, _ in linked} == {poison}
 
 
-@pytest.mark.paced
-@pytest.mark.parametrize("window", ["fixed", "sliding"])
-def test_quota_equal_to_the_servers_is_used_without_a_throttle(
-    tmp_path: Path, simulator: Sim, window: str
-) -> None:
+Check = Callable[[subprocess.CompletedProcess[str]], None]
+
+
+def _quota_equal_to_the_servers(tmp_path: Path, simulator: Sim, window: str) -> tuple[Path, Check]:
+    """A client quota equal to the server's (`window`) is used in full without a throttle."""
     sim = simulator(
         clean_profile(quota={"rate": "25/second", "window": window}, latency={"fixed_ms": 5})
     )
     rows = write_pairs(tmp_path / "pairs.csv", range(100), PROGRAMS)
-    job = write_job(tmp_path, sim.base_url, api={"rate": "25/second", "customers_per_request": 1})
+    # One run per job name at a time: each scenario is its own job.
+    name = f"equal-{window}"
+    job = write_job(
+        tmp_path, sim.base_url, name=name, api={"rate": "25/second", "customers_per_request": 1}
+    )
 
-    # A real process: the achieved rate is measured, and in this one the sender would share the
-    # interpreter lock with the simulator's thread.
-    result = run_cli("run", str(job), process=True)
+    def check(result: subprocess.CompletedProcess[str]) -> None:
+        assert result.returncode == 0, result.stderr
+        summary = read_summary(only_run_dir(tmp_path / "out", name))
+        snap = sim.snapshot(pairs=False)
+        assert snap["counters"]["throttled"] == 0
+        assert summary["requests_sent"] == 100
+        # 24.75/s on an idle machine (99% of the quota). The bucket frees no burst by design,
+        # so a timer wake-up that a busy machine makes late by a few ms is not caught up: judge
+        # the busiest second (what the quota counts) and the average with that slack, never a
+        # throttle.
+        assert summary["quota_use"]["busiest_window_requests"] >= 22
+        assert summary["achieved_requests_per_second"] >= 0.85 * 25
+        assert summary["counts"]["delinked"] == rows
 
-    assert result.returncode == 0, result.stderr
-    summary = read_summary(only_run_dir(tmp_path / "out"))
-    snap = sim.snapshot(pairs=False)
-    assert snap["counters"]["throttled"] == 0
-    assert summary["requests_sent"] == 100
-    # 24.75/s on an idle machine (99% of the quota). The bucket frees no burst by design, so a
-    # timer wake-up that a busy machine makes late by a few ms is not caught up: judge the
-    # busiest second (what the quota counts) and the average with that slack, never a throttle.
-    assert summary["quota_use"]["busiest_window_requests"] >= 22
-    assert summary["achieved_requests_per_second"] >= 0.85 * 25
-    assert summary["counts"]["delinked"] == rows
+    return job, check
 
 
-@pytest.mark.paced
-def test_server_quota_half_of_the_jobs_costs_few_throttles(tmp_path: Path, simulator: Sim) -> None:
+def _server_quota_half_of_the_jobs(tmp_path: Path, simulator: Sim) -> tuple[Path, Check]:
+    """A server quota of half the job's costs few throttles: the client slows down to it."""
     sim = simulator(
         clean_profile(quota={"rate": "20/second", "window": "sliding", "retry_after": "none"})
     )
@@ -243,18 +250,52 @@ def test_server_quota_half_of_the_jobs_costs_few_throttles(tmp_path: Path, simul
     job = write_job(
         tmp_path,
         sim.base_url,
+        name="half",
         api={"rate": "40/second", "customers_per_request": 1, "max_in_flight": 4},
         retry={"backoff_base_seconds": 0.25, "backoff_max_seconds": 2},
     )
 
-    result = run_cli("run", str(job))
+    def check(result: subprocess.CompletedProcess[str]) -> None:
+        assert result.returncode == 0, result.stderr
+        summary = read_summary(only_run_dir(tmp_path / "out", "half"))
+        throttled = sim.snapshot(pairs=False)["counters"]["throttled"]
+        assert summary["counts"]["delinked"] == rows
+        assert throttled == summary["throttled"]
+        assert throttled < 0.05 * summary["requests_sent"], summary
 
-    assert result.returncode == 0, result.stderr
-    summary = read_summary(only_run_dir(tmp_path / "out"))
-    throttled = sim.snapshot(pairs=False)["counters"]["throttled"]
-    assert summary["counts"]["delinked"] == rows
-    assert throttled == summary["throttled"]
-    assert throttled < 0.05 * summary["requests_sent"], summary
+    return job, check
+
+
+@pytest.mark.paced
+def test_quotas_are_kept_to_the_wall_clock(tmp_path: Path, simulator: Sim) -> None:
+    """Three paced runs at once, each with its own simulator and process.
+
+    Each needs a few percent of a core, so side by side they take the longest one's time (about
+    9 s) instead of the sum (about 27 s, while the `paced` lock keeps every other test waiting).
+    """
+    scenarios: dict[str, Callable[[Path, Sim], tuple[Path, Check]]] = {
+        "equal-fixed": lambda d, s: _quota_equal_to_the_servers(d, s, "fixed"),
+        "equal-sliding": lambda d, s: _quota_equal_to_the_servers(d, s, "sliding"),
+        "half": _server_quota_half_of_the_jobs,
+    }
+    prepared = {}
+    for name, scenario in scenarios.items():
+        (tmp_path / name).mkdir()
+        prepared[name] = scenario(tmp_path / name, simulator)
+    # Real processes: each achieved rate is measured, and in this process a sender would share
+    # the interpreter lock with the simulators' threads.
+    with ThreadPoolExecutor(len(prepared)) as pool:
+        running = {
+            name: pool.submit(run_cli, "run", str(job), process=True)
+            for name, (job, _) in prepared.items()
+        }
+    failed = {}
+    for name, (_, check) in prepared.items():
+        try:
+            check(running[name].result())
+        except AssertionError as e:
+            failed[name] = e
+    assert not failed, failed
 
 
 def test_oauth_token_is_refreshed_as_it_expires(tmp_path: Path, simulator: Sim) -> None:

@@ -62,7 +62,7 @@ def test_resume_after_refused_credentials_reports_no_unsent_pair_as_delinked(
 ) -> None:
     """401 on the first request: only what left the process may have been processed."""
     sim = simulator(clean_profile(state=HALF_LINKED))
-    rows = write_pairs(tmp_path / "pairs.csv", range(400), PROGRAMS)
+    rows = write_pairs(tmp_path / "pairs.csv", range(100), PROGRAMS)
     job = write_job(tmp_path, sim.base_url, api={"rate": "5/second", "customers_per_request": 10})
     runner = CliRunner()
     wrong_password = {**DEMO_ENV, "CAPILLARY_PASSWORD": "not-the-password"}
