@@ -258,10 +258,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The paced tests first, then the soak, the other long tests, the rest (each group in its
     own order).
 
-    xdist's worksteal hands the first worker the first half of this list: it runs the paced
-    tests alone at once (the other worker waits only for them), then the soak and the long
-    tests, which overlap the rest of the suite instead of running alone at its end; the short
-    tests at the end are what a worker that runs out steals."""
+    xdist's worksteal hands each worker an equal, contiguous share of this list, the first
+    worker its head: the paced test runs at once (the other workers wait only for it), then the
+    soak and the long tests start early and overlap the rest of the suite instead of running
+    alone at its end; a worker that runs out steals half of the longest queue."""
 
     def group(item: pytest.Item) -> int:
         for rank, marker in enumerate(("paced", "soak", "long")):
