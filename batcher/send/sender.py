@@ -361,9 +361,7 @@ class Sender:
 
     def _settle(self, applied: answers.Applied) -> None:
         """Journal the outcomes; queue the retries after their backoff."""
-        record = self._journal.record
-        for o in applied.outcomes:
-            record(o)
+        self._journal.record_all(applied.outcomes)
         self._halt(self._failures.judge(applied.outcomes))
         self._schedule(applied.retries)
 
@@ -409,8 +407,7 @@ class Sender:
         pause_s = self.pacer.throttled(sent_at, retry_after)
         self._emit(ev.Throttled(request_id, retry_after, pause_s, self.pacer.state.rate_per_s))
         applied = answers.throttled(batch, request_id, max_attempts=self._max_attempts)
-        for o in applied.outcomes:
-            self._journal.record(o)
+        self._journal.record_all(applied.outcomes)
         # Back in line at once: the pacer's pause is what holds everyone back.
         self._again_now(applied.retries)
 
