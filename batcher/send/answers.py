@@ -21,6 +21,7 @@ VERDICT_STATUS = {
     Verdict.NOT_LINKED: Status.NOT_LINKED,
     Verdict.FAILED: Status.FAILED,
 }
+_DELINKED = Status.DELINKED  # (a module name is cheaper to read than an enum's member)
 
 
 def unconfirmed_note(lost: str) -> str:
@@ -216,18 +217,21 @@ def apply_answer(
     is there, the customers left without an answer are `retryable` at once with a note naming
     what came back: their answer is most likely that one, and a resend would only repeat it.
     """
-    _count_attempt(batch)
     placed = placing.place_answers(identifier, [c.customer for c in batch.customers], results)
     applied = Applied(unexpected=len(placed.unplaced), unplaced=placed.unplaced)
     unplaced_note = _unplaced_note(placed.unplaced, identifier)
+    outcomes = applied.outcomes
     for cust, res in zip(batch.customers, placed.answers, strict=True):
+        pairs = cust.pairs
+        for p in pairs:  # an attempt for every pair asked for (as _count_attempt)
+            p.attempts += 1
         again: list[PendingPair]
         if res is None and unplaced_note is not None:
             applied.unconfirmed.add(cust.customer)
-            for p in cust.pairs:
+            for p in pairs:
                 if p.lost is None:  # the API most likely processed it: a retry knows
                     p.lost = f"attempt {p.attempts}: answered under another name"
-                applied.outcomes.append(
+                outcomes.append(
                     outcome(
                         p,
                         Status.RETRYABLE,
@@ -241,7 +245,7 @@ def apply_answer(
         if res is None:
             again = _again_or_give_up(
                 applied,
-                cust.pairs,
+                pairs,
                 None,
                 "customer omitted from the answer",
                 request_id,
@@ -251,7 +255,7 @@ def apply_answer(
         elif not res.status.status and res.status.verdict is Verdict.TRANSIENT:
             again = _again_or_give_up(
                 applied,
-                cust.pairs,
+                pairs,
                 res.status.code,
                 res.status.message,
                 request_id,
@@ -260,7 +264,7 @@ def apply_answer(
             )
         elif not res.status.status:
             # A customer-level failure applies to every program asked for that customer.
-            applied.outcomes.extend(
+            outcomes.extend(
                 outcome(
                     p,
                     Status.FAILED,
@@ -270,13 +274,14 @@ def apply_answer(
                     request_id=request_id,
                     api_identifier=res.returned,
                 )
-                for p in cust.pairs
+                for p in pairs
             )
             continue
         else:
             again = []
-            for p in cust.pairs:
-                st = _program_status(res.programs, p.program)
+            programs, customer_id, returned = res.programs, res.customer_id, res.returned
+            for p in pairs:
+                st = programs.get(p.program) or _program_status(programs, p.program)
                 if st is None:
                     again += _again_or_give_up(
                         applied,
@@ -286,6 +291,24 @@ def apply_answer(
                         request_id,
                         lost="program omitted from the answer",
                         max_attempts=max_attempts,
+                    )
+                    continue
+                if st.status:  # the usual answer, spelled out: `outcome` for a delinked pair
+                    outcomes.append(
+                        Outcome(
+                            p.key,
+                            p.customer,
+                            p.program,
+                            _DELINKED,
+                            st.code,
+                            st.message,
+                            customer_id,
+                            request_id,
+                            p.attempts,
+                            None,
+                            False,
+                            returned,
+                        )
                     )
                     continue
                 verdict = st.verdict
@@ -304,16 +327,16 @@ def apply_answer(
                 if status is Status.NOT_LINKED and p.lost is not None:
                     # Who removed the link cannot be known: never claim it was this job.
                     status, note = Status.DELINKED_UNCONFIRMED, unconfirmed_note(p.lost)
-                applied.outcomes.append(
+                outcomes.append(
                     outcome(
                         p,
                         status,
                         st.code,
                         st.message,
-                        customer_id=res.customer_id,
+                        customer_id=customer_id,
                         request_id=request_id,
                         note=note,
-                        api_identifier=res.returned,
+                        api_identifier=returned,
                     )
                 )
         if again:

@@ -120,7 +120,27 @@ class ShapeError(ValueError):
     """The body is JSON but not a deLinkCustomer response we can read."""
 
 
+# The item statuses seen in their usual spelling (a JSON boolean, an integer code, a string
+# message or none), by those three values: an answer repeats a handful ("Success" 200 for
+# nearly every pair), so each is built once. Other spellings are read every time.
+_SEEN: dict[tuple[bool, int, str | None], ItemStatus] = {}
+_MAX_SEEN = 1024
+
+
 def _item_status(raw: object) -> ItemStatus:
+    if type(raw) is dict:
+        status, code, message = raw.get("status"), raw.get("code"), raw.get("message")
+        if type(status) is bool and type(code) is int and (message is None or type(message) is str):
+            seen = _SEEN.get((status, code, message))
+            if seen is None:
+                if len(_SEEN) >= _MAX_SEEN:
+                    _SEEN.clear()
+                seen = _SEEN[status, code, message] = ItemStatus(status, code, message)
+            return seen
+    return _read_item_status(raw)
+
+
+def _read_item_status(raw: object) -> ItemStatus:
     if not isinstance(raw, dict):
         raise ShapeError(f"status is not an object: {raw!r:.80}")
     status = raw.get("status")
@@ -177,7 +197,8 @@ def parse_response(identifier: str, body: object) -> tuple[list[CustomerResult],
             oddities.append(f"customer item without the {identifier} identifier")
             key = ""
         else:
-            returned = str(int(raw_value)) if isinstance(raw_value, int | float) else str(raw_value)
+            number = isinstance(raw_value, (int, float))
+            returned = str(int(raw_value)) if number else str(raw_value)
         raw_id = cust.get("id")
         customer_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
         if isinstance(raw_id, str) and raw_id.isdigit():
