@@ -131,8 +131,9 @@ def _write_job(
     return job
 
 
-def _run_cli(job: Path) -> tuple[float, float, dict[str, Any]]:
-    """Run `batcher run JOB`; returns wall seconds, peak RSS in MB, and its summary."""
+def _run_cli(job: Path) -> tuple[float, float, dict[str, Any], float]:
+    """Run `batcher run JOB`; returns wall seconds, peak RSS in MB, its summary, and its CPU
+    seconds (user + system: the figure a shared machine distorts least)."""
     env = {**os.environ, "CAPILLARY_USERNAME": "demo.till", "CAPILLARY_PASSWORD": "demo-password"}
     cmd = [sys.executable, "-m", "batcher.cli", "run", str(job), "--quiet"]
     t0 = time.perf_counter()
@@ -154,7 +155,7 @@ def _run_cli(job: Path) -> tuple[float, float, dict[str, Any]]:
         raise SystemExit(f"batcher run failed ({code}): {err[-2000:]}")
     out = job.parent / "out" / job.stem.replace("job-", "bench-", 1)
     summary = json.loads(sorted(out.iterdir())[-1].joinpath("summary.json").read_text())
-    return seconds, usage.ru_maxrss / 1024, summary
+    return seconds, usage.ru_maxrss / 1024, summary, usage.ru_utime + usage.ru_stime
 
 
 def _bare_pairs(base_url: str, first: int, customers: int, concurrency: int, out: Any) -> None:
@@ -233,7 +234,7 @@ def scale(sizes: list[int], concurrency: int) -> None:
                 ).write_parquet(data)
                 load_before = _load()
                 job = _write_job(folder, base_url, data, 50, concurrency, f"s{pairs}")
-                seconds, rss_mb, summary = _run_cli(job)
+                seconds, rss_mb, summary, cpu_s = _run_cli(job)
                 run_dir = sorted((folder / "out" / f"bench-s{pairs}").iterdir())[-1]
                 per_pair = _folder_bytes(run_dir) / pairs
                 res_q = ctx.Queue()
@@ -257,7 +258,8 @@ def scale(sizes: list[int], concurrency: int) -> None:
                 print(
                     f"{pairs:>11,} pairs: peak RSS {rss_mb:,.0f} MB, run folder "
                     f"{per_pair:.1f} B/pair, {ours_pps:,.0f} pairs/s end to end "
-                    f"(send phase {summary['send_seconds']:.1f} s of {seconds:.1f} s), "
+                    f"(send phase {summary['send_seconds']:.1f} s of {seconds:.1f} s; "
+                    f"CPU {cpu_s:.1f} s, {cpu_s * 1e6 / pairs:.1f} s per million pairs), "
                     f"bare loop {bare_pps:,.0f} pairs/s, ratio {ours_pps / bare_pps:.2f}, "
                     f"load {load_before} -> {load_after}",
                     flush=True,
@@ -339,7 +341,7 @@ def main() -> None:
                     results.append(res_q.get(timeout=600))
                     bare.join()
                 job = _write_job(folder, base_url, small, 1, args.concurrency, f"t{trial}")
-                _, _, summary = _run_cli(job)
+                _, _, summary, _ = _run_cli(job)
                 ours_trials.append(summary["achieved_requests_per_second"])
             bare_rps, ours_rps = max(bare_trials), max(ours_trials)
             print(
@@ -372,7 +374,7 @@ def main() -> None:
                     "partner_program_name": programs * n_customers,
                 }
             ).write_parquet(big)
-            seconds, rss_mb, summary = _run_cli(
+            seconds, rss_mb, summary, cpu_s = _run_cli(
                 _write_job(folder, base_url, big, 50, args.concurrency, "big")
             )
             pairs = summary["input"]["rows"]
@@ -382,7 +384,7 @@ def main() -> None:
             )
             print(
                 f"  wall {seconds:.1f} s ({pairs / seconds:,.0f} pairs/s), send phase "
-                f"{summary['send_seconds']:.1f} s, peak RSS {rss_mb:,.0f} MB"
+                f"{summary['send_seconds']:.1f} s, peak RSS {rss_mb:,.0f} MB, CPU {cpu_s:.1f} s"
             )
             print(f"  counts {summary['counts']}")
     finally:
