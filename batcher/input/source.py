@@ -8,6 +8,7 @@ no Python runs per row.
 from __future__ import annotations
 
 import codecs
+import io
 import itertools
 import os
 import re
@@ -184,6 +185,8 @@ class Source:
         not_valid = pl.col("status") != "valid"
         if self.parked is None:
             return self.rows.filter(not_valid)
+        if self.parked.held is not None:
+            return self.parked.held
         # Only the parked chunks holding such rows are read (usually none, or a few).
         ends = [*self.parked.starts[1:], self.parked.rows]
         parts = [
@@ -1065,24 +1068,31 @@ def _validate(
     ), hashes
 
 
-def load_source(job: Job, *, keep_pairs: bool = True) -> Source:
+def load_source(job: Job, *, keep_pairs: bool = True, keep_rows: bool = True) -> Source:
     """Read the job's input (file or glob) and validate every row; InputError if unusable.
 
     A big input's rows wait on disk; `keep_pairs` also keeps its valid pairs in memory (about
     40 bytes a pair), which `validate` wants for its plan figures. A run passes False: it plans
     from the parked rows a slice at a time, and the pairs would be the peak of a 10M-pair run.
+    `keep_rows` False (with `keep_pairs`): a big input's valid rows are not kept at all, only
+    their pairs and the rejected and duplicate rows: `Source.scan` and `Source.park` then
+    refuse, `not_valid`, `pairs` and the counts work (all `validate` needs).
     """
+    if not keep_rows and not keep_pairs:
+        raise ValueError("keep_rows=False keeps the valid rows' pairs: keep_pairs must be True")
     if cloud.is_object_url(job.input.path):
         # An object's fingerprint is what the store says of it: listed before it is read.
         files = fingerprint_inputs(job)
         paths, is_glob = [f.path for f in files], len(files) > 1 or _glob_path(job)
-        return _source(job, files, _load_rows(job, paths, keep_pairs=keep_pairs), is_glob)
+        return _source(
+            job, files, _load_rows(job, paths, keep_pairs=keep_pairs, keep_rows=keep_rows), is_glob
+        )
     paths, is_glob = resolve_inputs(job)
     # hashlib releases the GIL: the files are hashed while polars reads and checks them.
     with ThreadPoolExecutor(max_workers=1) as pool:
         described = pool.submit(lambda: [describe_local(Path(p)) for p in paths])
         try:
-            loaded = _load_rows(job, paths, keep_pairs=keep_pairs)
+            loaded = _load_rows(job, paths, keep_pairs=keep_pairs, keep_rows=keep_rows)
         except BaseException:
             described.result()  # an unreadable file is reported as such, before anything else
             raise
@@ -1157,7 +1167,7 @@ class _Parked:
 
     `slim` holds each row's status and reason in memory, in order, for the counts."""
 
-    def __init__(self, id_col: str = "", prog_col: str = "") -> None:
+    def __init__(self, id_col: str = "", prog_col: str = "", *, keep_rows: bool = True) -> None:
         _sweep_killed_parks()
         # A column the cleanup left as it was read is not written twice: each part says which
         # columns it rebuilds on reading (the input's own, all-null ones, its one file's name).
@@ -1173,6 +1183,9 @@ class _Parked:
         # The valid rows' _key, _customer, _program, kept in memory while the rows wait on disk
         # (they are what `validate` and the preflight plan with): not read back from the files.
         self.pairs: pl.DataFrame | None = None
+        # Rows not kept (`keep_rows` False, for `validate`): no part is written, and only the
+        # rejected and duplicate rows are held, in memory, in order.
+        self.held: pl.DataFrame | None = None if keep_rows else pl.DataFrame()
 
     def add(self, rows: pl.DataFrame) -> None:
         self.starts.append(self.rows)
@@ -1214,6 +1227,8 @@ class _Parked:
         )
 
     def scan(self) -> pl.LazyFrame:
+        if self.held is not None:
+            raise RuntimeError("the valid rows were not kept (load_source keep_rows=False)")
         if not self.parts:
             return pl.LazyFrame(schema=self.schema)
         return pl.concat([self.part(i) for i in range(len(self.parts))])
@@ -1221,6 +1236,30 @@ class _Parked:
     def discard(self) -> None:
         self.pairs = None
         self._cleanup()
+
+
+def _aligned_chunk(
+    frames: list[pl.DataFrame], union: dict[str, pl.DataType], key: int
+) -> pl.DataFrame:
+    """One chunk's frames with every column of `union`, numbered by _key from `key`."""
+    aligned = [
+        f.select(
+            pl.col(c) if c in f.columns else pl.lit(None, dtype=t).alias(c)
+            for c, t in union.items()
+        )
+        for f in frames
+    ]
+    chunk = aligned[0] if len(aligned) == 1 else pl.concat(aligned)
+    return chunk.with_row_index("_key", offset=key).with_columns(pl.col("_key").cast(pl.Int64))
+
+
+def _compacted(rows: pl.DataFrame) -> pl.DataFrame:
+    """`rows` in buffers of their own: a few rows filtered out of a chunk would otherwise keep
+    the whole chunk's string buffers alive (a filtered string column shares them)."""
+    buffer = io.BytesIO()
+    rows.write_ipc(buffer, compression="uncompressed")
+    buffer.seek(0)
+    return pl.read_ipc(buffer)
 
 
 def _validate_in_chunks(
@@ -1233,6 +1272,7 @@ def _validate_in_chunks(
     float_files: list[str],
     *,
     keep_pairs: bool = True,
+    reread: Callable[[], Iterator[list[pl.DataFrame]]] | None = None,
 ) -> _Parked:
     """Validate and park the rows a chunk at a time; memory holds one chunk and 8 bytes a row.
 
@@ -1241,8 +1281,13 @@ def _validate_in_chunks(
     64-bit pair hash (kept, 8 bytes a row); the rows it concerns are then checked on their real
     values (a collision raises _PairCollision) and rewritten as duplicates of the first row,
     exactly as a validation of the whole input would have made them.
+
+    With `reread` (which gives the same chunks again), the rows are not parked: only the
+    rejected and duplicate rows are kept, in memory, with the valid pairs (`validate` needs
+    nothing else, and writing every row to scratch files was a third of its time). The rows
+    made duplicates across chunks are then read again from the input, only when there are any.
     """
-    parked = _Parked(id_col, prog_col)
+    parked = _Parked(id_col, prog_col, keep_rows=reread is None)
     # A chunk is written while the next one is read and checked (writing is mostly waiting).
     writer = ThreadPoolExecutor(max_workers=1)
     written: Future[None] | None = None
@@ -1250,36 +1295,38 @@ def _validate_in_chunks(
         hashes: list[pl.Series] = []
         slim: list[pl.DataFrame] = []
         pairs: list[pl.DataFrame] = []
+        held: list[pl.DataFrame] = []  # without `reread`: the not-valid rows of each chunk
         key = 0
         for frames in groups:
-            aligned = [
-                f.select(
-                    pl.col(c) if c in f.columns else pl.lit(None, dtype=t).alias(c)
-                    for c, t in union.items()
-                )
-                for f in frames
-            ]
-            chunk = aligned[0] if len(aligned) == 1 else pl.concat(aligned)
+            chunk = _aligned_chunk(frames, union, 0)
+            del frames
             # validate_rows reads _key as a position in its frame: numbered from 0, then shifted.
-            chunk = chunk.with_row_index("_key").with_columns(pl.col("_key").cast(pl.Int64))
             rows, pair_hashes = _validate(
                 chunk, job.input.identifier, id_col, prog_col, national, with_hashes=True
             )
             rows = rows.with_columns(pl.col("_key") + key)
-            del chunk, aligned, frames
+            del chunk
             if float_files:
                 rows = _explain_float_identifiers(rows, float_files, job.input.identifier_column)
             assert pair_hashes is not None
             hashes.append(pair_hashes)
             slim.append(rows.select("status", "reason"))
             valid = rows.get_column("status") == "valid"
+            all_valid = bool(valid.all())
             chunk_pairs = rows.select("_key", "_customer", "_program")
             if keep_pairs:
-                pairs.append(chunk_pairs if valid.all() else chunk_pairs.filter(valid))
+                pairs.append(chunk_pairs if all_valid else chunk_pairs.filter(valid))
+            if reread is not None:
+                parked.starts.append(key)
+                parked.rows += rows.height
+                if not all_valid:
+                    held.append(_compacted(rows.filter(~valid)))
+                parked.schema = rows.schema
             del valid, chunk_pairs
-            if written is not None:
-                written.result()
-            written = writer.submit(parked.add, rows)
+            if reread is None:
+                if written is not None:
+                    written.result()
+                written = writer.submit(parked.add, rows)
             key += rows.height
             del rows
         if written is not None:
@@ -1289,10 +1336,17 @@ def _validate_in_chunks(
         del hashes
         kept = pl.concat(pairs, rechunk=False) if pairs else None
         del pairs
-        if later.height:
+        if reread is not None:
+            # Chunks come in order: so do their rows (an empty frame gives the columns).
+            parked.held = pl.concat([pl.DataFrame(schema=parked.schema), *held])
+            del held
+        if later.height and reread is not None:
+            assert kept is not None and parked.held is not None
+            parked.held = _reread_duplicates(reread, union, parked, later, kept, slim)
+        elif later.height:
             _rewrite_duplicates(parked, later, slim, job.input.identifier)
-            if kept is not None:
-                kept = kept.filter(~pl.col("_key").is_in(later.get_column("_key").implode()))
+        if later.height and kept is not None:
+            kept = kept.filter(~pl.col("_key").is_in(later.get_column("_key").implode()))
         parked.slim = pl.concat(slim).rechunk()
         parked.pairs = kept
         return parked
@@ -1302,6 +1356,111 @@ def _validate_in_chunks(
         raise
     finally:
         writer.shutdown(wait=False)
+
+
+def _reread_duplicates(
+    reread: Callable[[], Iterator[list[pl.DataFrame]]],
+    union: dict[str, pl.DataType],
+    parked: _Parked,
+    later: pl.DataFrame,
+    pairs: pl.DataFrame,
+    slim: list[pl.DataFrame],
+) -> pl.DataFrame:
+    """The not-valid rows (`parked.held`) with the rows of `later` made duplicates of their
+    `_first`, as in `_rewrite_duplicates`, for rows that were not parked; `slim` in place.
+
+    A row of `later` is either valid in its chunk (its pair is in `pairs`, its row is not
+    kept) or a duplicate inside its chunk (kept). The pairs are compared on their real values
+    (a difference is a hash collision: _PairCollision); the valid rows' other columns, and the
+    first rows' number and file, are read again from the input, only the chunks holding them.
+    """
+    held = parked.held
+    assert held is not None
+    names = parked.schema.names()
+    pair = ["_key", "_customer", "_program"]
+    in_held = later.get_column("_key").is_in(held.get_column("_key").implode())
+    wanted = pl.concat([later.get_column("_key"), later.get_column("_first")]).unique().sort()
+    known = pl.concat(
+        [
+            pairs.filter(pl.col("_key").is_in(wanted.implode())),
+            held.select(pair).filter(pl.col("_key").is_in(wanted.implode())),
+        ]
+    )
+    first_pairs = known.rename({c: f"_first{c}" for c in pair})
+    checked = later.join(known, on="_key", how="left").join(
+        first_pairs, left_on="_first", right_on="_first_key", how="left"
+    )
+    same = checked.select(
+        (
+            (pl.col("_customer") == pl.col("_first_customer"))
+            & (pl.col("_program") == pl.col("_first_program"))
+        )
+        .fill_null(False)
+        .all()
+    )
+    if not same.item():
+        raise _PairCollision
+    starts = pl.Series(parked.starts, dtype=pl.Int64)
+    # Read again: the first rows, and the rows of `later` that were valid (not kept).
+    read_keys = pl.concat(
+        [later.get_column("_key").filter(~in_held), later.get_column("_first")]
+    ).unique()
+    needed = set((starts.search_sorted(read_keys, side="right") - 1).to_list())
+    found: list[pl.DataFrame] = []
+    groups = reread()
+    try:
+        for part, frames in enumerate(groups):
+            if part > max(needed):
+                break
+            if part in needed:
+                chunk = _aligned_chunk(frames, union, parked.starts[part])
+                found.append(chunk.filter(pl.col("_key").is_in(read_keys.implode())))
+    finally:
+        close = getattr(groups, "close", None)
+        if close is not None:
+            close()
+    read = pl.concat(found)
+    firsts = read.select(
+        pl.col("_key").alias("_first"),
+        pl.col("row").alias("_first_row"),
+        pl.col("source_file").alias("_first_file"),
+    )
+    first_row, first_file = pl.col("_first_row"), pl.col("_first_file")
+    as_duplicates = [
+        pl.lit("duplicate", STATUS).alias("status"),
+        pl.lit(None, REASON).alias("reason"),
+        pl.when(first_file != pl.col("source_file"))
+        .then(pl.format("same customer and program as row {} of {}", first_row, first_file))
+        .otherwise(pl.format("same customer and program as row {}", first_row))
+        .alias("message"),
+        first_row.alias("duplicate_of"),
+    ]
+    made = (
+        later.filter(~in_held)
+        .join(read, on="_key", how="left")
+        .join(pairs, on="_key", how="left")
+        .join(firsts, on="_first", how="left")
+        .with_columns(as_duplicates)
+        .select(pl.col(n).cast(parked.schema[n]) for n in names)
+    )
+    moved = later.filter(in_held).join(firsts, on="_first", how="left")
+    patched = (
+        held.join(moved, on="_key", how="left", maintain_order="left")
+        .with_columns(
+            pl.when(pl.col("_first").is_not_null()).then(e).otherwise(pl.col(e.meta.output_name()))
+            for e in as_duplicates[2:]
+        )
+        .select(names)
+    )
+    later_parts = starts.search_sorted(later.get_column("_key"), side="right") - 1
+    for part in later_parts.unique().sort().to_list():
+        hit = (later.get_column("_key").filter(later_parts == part) - parked.starts[part]).implode()
+        slim[part] = slim[part].with_columns(
+            status=pl.when(pl.int_range(pl.len()).is_in(hit))
+            .then(pl.lit("duplicate", STATUS))
+            .otherwise(pl.col("status"))
+        )
+    return pl.concat([patched, made]).sort("_key")
 
 
 def _later_duplicates(hashes: pl.Series, starts: list[int]) -> pl.DataFrame:
@@ -1388,7 +1547,12 @@ def _rewrite_duplicates(
 
 
 def _load_rows(
-    job: Job, paths: list[str], chunk_rows: int | None = None, *, keep_pairs: bool = True
+    job: Job,
+    paths: list[str],
+    chunk_rows: int | None = None,
+    *,
+    keep_pairs: bool = True,
+    keep_rows: bool = True,
 ) -> _Loaded:
     """The files' rows, validated, with what was learnt reading them.
 
@@ -1453,6 +1617,8 @@ def _load_rows(
                 national,
                 float_files,
                 keep_pairs=keep_pairs,
+                # The same chunks again (the rows made duplicates across chunks are read back).
+                reread=None if keep_rows else lambda: _chunk_groups(files, chunk_rows, [0]),
             )
         except _PairCollision:
             # Two different pairs of one 64-bit hash in two chunks (about one chance in 10^12

@@ -171,7 +171,7 @@ def validate(job: Job) -> tuple[RunDir, ValidateSummary, int]:
     started_at = utc_now()
     # Load first: an unusable input raises InputError before any run folder exists.
     check_output(job)  # an output bucket that cannot be reached: refused before any work
-    source = load_source(job)
+    source = load_source(job, keep_rows=False)  # rejects, counts and pairs: nothing else
     # Nothing is sent, so the full plan is not built: its figures are counted, and the preview
     # is the plan of the first customers (tests/test_plan.py checks both against build_plan).
     figures, head = plan_figures(

@@ -34,10 +34,15 @@ def _job(tmp_path: Path, path: str, identifier: str = "mobile", extra: str = "")
 
 
 def _load(
-    job: Job, chunk_rows: int, monkeypatch: pytest.MonkeyPatch, *, keep_pairs: bool = True
+    job: Job,
+    chunk_rows: int,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    keep_pairs: bool = True,
+    keep_rows: bool = True,
 ) -> Source:
     monkeypatch.setattr(source_module, "CHUNK_ROWS", chunk_rows)
-    return load_source(job, keep_pairs=keep_pairs)
+    return load_source(job, keep_pairs=keep_pairs, keep_rows=keep_rows)
 
 
 def _mobile_lines(seed: int, count: int) -> list[str]:
@@ -77,6 +82,11 @@ def _mobile_lines(seed: int, count: int) -> list[str]:
 def _assert_same(whole: Source, chunked: Source, *, kept_pairs: bool = True) -> None:
     assert whole.parked is None
     assert_frame_equal(chunked.scan().collect(), whole.rows)
+    _assert_same_for_validate(whole, chunked, kept_pairs=kept_pairs)
+
+
+def _assert_same_for_validate(whole: Source, chunked: Source, *, kept_pairs: bool = True) -> None:
+    """What `validate` reads of a Source is the whole input's: counts, pairs, not-valid rows."""
     assert chunked.counts() == whole.counts()
     assert chunked.reason_counts() == whole.reason_counts()
     assert chunked.row_count == whole.row_count
@@ -91,6 +101,35 @@ def _assert_same(whole: Source, chunked: Source, *, kept_pairs: bool = True) -> 
     assert chunked.parked is not None and (chunked.parked.pairs is not None) == kept_pairs
     for digits in (9, 10):
         assert count_national_mobiles(chunked, digits) == count_national_mobiles(whole, digits)
+
+
+def _assert_same_without_rows(
+    whole: Source, job: Job, chunk_rows: int, mp: pytest.MonkeyPatch
+) -> None:
+    """`validate`'s load (keep_rows=False) keeps no valid rows, and gives what it needs as the
+    whole input does, the rows made duplicates across chunks included."""
+    slim = _load(job, chunk_rows, mp, keep_rows=False)
+    assert slim.parked is not None and slim.parked.parts == []
+    _assert_same_for_validate(whole, slim)
+    with pytest.raises(RuntimeError, match="not kept"):
+        slim.scan()
+    # Both kinds of row made a duplicate of a row of an earlier chunk are there: rows valid in
+    # their chunk (not kept, read again) and rows already duplicates in their chunk (kept).
+    starts = pl.Series(slim.parked.starts, dtype=pl.Int64)
+    pair = ("_customer", "_program")
+    chunk = (pl.lit(starts).search_sorted(pl.col("_key"), side="right") - 1).alias("_chunk")
+    across = (
+        whole.rows.filter(pl.col("status") != "rejected")
+        .with_columns(chunk)
+        .with_columns(
+            _first_chunk=pl.col("_chunk").min().over(pair),
+            _first_in_chunk=pl.col("_key") == pl.col("_key").min().over(*pair, "_chunk"),
+        )
+        .filter(pl.col("_chunk") != pl.col("_first_chunk"))
+    )
+    kinds = set(across.get_column("_first_in_chunk"))
+    assert True in kinds
+    assert False in kinds or chunk_rows < 7  # a chunk of 2 or 3 rows rarely holds a pair twice
 
 
 @pytest.mark.parametrize("chunk_rows", [2, 7, 64])
@@ -112,6 +151,7 @@ def test_chunked_csv_glob_matches_the_whole_input(
     _assert_same(whole, chunked)
     # A run's validation keeps no pairs in memory and gives the same rows and pairs.
     _assert_same(whole, _load(job, chunk_rows, monkeypatch, keep_pairs=False), kept_pairs=False)
+    _assert_same_without_rows(whole, job, chunk_rows, monkeypatch)
 
 
 @pytest.mark.parametrize("chunk_rows", [3, 100])
@@ -129,10 +169,14 @@ def test_chunked_parquet_with_integer_and_float_identifiers(
         tmp_path / "b.parquet"
     )
     job = _job(tmp_path, "a.parquet")
-    _assert_same(_load(job, WHOLE, monkeypatch), _load(job, chunk_rows, monkeypatch))
+    whole = _load(job, WHOLE, monkeypatch)
+    _assert_same(whole, _load(job, chunk_rows, monkeypatch))
+    _assert_same_without_rows(whole, job, chunk_rows, monkeypatch)
     # The float file's rows are rejected with their explanation, chunk by chunk too.
     both = _job(tmp_path, "*.parquet")
-    _assert_same(_load(both, WHOLE, monkeypatch), _load(both, chunk_rows, monkeypatch))
+    whole = _load(both, WHOLE, monkeypatch)
+    _assert_same(whole, _load(both, chunk_rows, monkeypatch))
+    _assert_same_without_rows(whole, both, chunk_rows, monkeypatch)
     # Two files typing another column differently are combined whole, as before.
     pl.DataFrame(
         {"mobile": mobiles[:9], "partner_program_name": programs[:9], "n": list(range(9))}
@@ -284,6 +328,7 @@ def test_csv_byte_ranges_give_the_rows_of_the_sliced_reading(
     assert chunked.parked is not None
     assert whole.blank_lines > 5 and whole.counts()["duplicate"] > 50
     _assert_same(whole, chunked)
+    _assert_same_without_rows(whole, job, chunk_rows, monkeypatch)
 
 
 def test_a_csv_with_quotes_is_read_by_slices_from_the_range_holding_one(
@@ -321,3 +366,23 @@ def test_a_csv_byte_range_that_is_not_utf8_fails_as_the_sliced_reading_does(
         _load(job, 7, monkeypatch)
     assert str(chunked.value) == str(whole.value)
     assert "line 71" in str(chunked.value)
+
+
+@pytest.mark.parametrize("keep_rows", [True, False])
+def test_a_pair_hash_collision_across_chunks_falls_back_to_the_whole_input(
+    tmp_path: Path, keep_rows: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two different pairs of one hash in two chunks: the whole input is validated instead."""
+    header = "mobile,partner_program_name"
+    lines = [f"9198{i:08d},partner-01" for i in range(40)]  # no pair repeats
+    (tmp_path / "in.csv").write_text("\n".join([header, *lines]) + "\n")
+    job = _job(tmp_path, "in.csv")
+    whole = _load(job, WHOLE, monkeypatch)
+    # Row 30 (chunk 3) said to share row 2's hash (chunk 0), as a collision would.
+    collided = pl.DataFrame(
+        {"_key": [30], "_first": [2]}, schema={"_key": pl.Int64, "_first": pl.Int64}
+    )
+    monkeypatch.setattr(source_module, "_later_duplicates", lambda hashes, starts: collided)
+    chunked = _load(job, 10, monkeypatch, keep_rows=keep_rows)
+    assert chunked.parked is None, "validated whole"
+    assert_frame_equal(chunked.rows, whole.rows)
