@@ -9,6 +9,7 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from batcher.input.source import exact_customer_key
 from batcher.plan import build_plan, plan_figures, stream_plan
 
 
@@ -150,6 +151,40 @@ def test_validate_figures_and_preview_equal_the_full_plans(
     first = list(itertools.islice(full.iter_requests("mobile"), preview))
     shown = list(itertools.islice(head.iter_requests("mobile"), preview))
     assert [r.body() for r in shown] == [r.body() for r in first]
+
+
+# Validated customers whose numbers are equal but whose text is not (leading zeros count in a
+# mobile), and the extremes of each form; the letters are not a mobile or an id.
+MOBILES = ["12345678", "012345678", "0012345678", "000000000000000", "999999999999999", "a"]
+IDS = ["1", "10", "100", "123456789012345678", "999999999999999999", "b"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from([("mobile", MOBILES), ("id", IDS), ("externalId", MOBILES)]),
+    st.lists(st.tuples(st.integers(0, 5), st.sampled_from([f"p{i}" for i in range(7)]))),
+    st.booleans(),
+    st.integers(1, 4),
+    st.integers(1, 3),
+)
+def test_validate_figures_counted_on_the_exact_customer_key_equal_the_full_plans(
+    form: tuple[str, list[str]],
+    drawn: list[tuple[int, str]],
+    with_text: bool,
+    per_request: int,
+    per_customer: int,
+) -> None:
+    """Counting the pairs per customer on its number (mobiles, ids) gives build_plan's figures;
+    a customer that is not such a number (only if a caller passes other pairs) is counted on
+    its text instead."""
+    identifier, customers = form
+    limit = len(customers) if with_text else len(customers) - 1
+    rows = list(dict.fromkeys((customers[i % limit], p) for i, p in drawn))
+    frame = pairs_of(rows)
+    key = exact_customer_key(identifier)  # type: ignore[arg-type]
+    assert (key is None) == (identifier == "externalId")
+    figures, _ = plan_figures(frame, per_request, per_customer, customer_key=key)
+    assert figures == build_plan(frame, per_request, per_customer).figures
 
 
 @settings(max_examples=200, deadline=None)

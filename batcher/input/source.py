@@ -45,6 +45,7 @@ __all__ = [
     "InputFile",
     "Source",
     "dialect_of",
+    "exact_customer_key",
     "fingerprint_inputs",
     "load_source",
     "validate_rows",
@@ -824,6 +825,26 @@ def national_mobile_re(digits: int, *, trunk: bool = False) -> str:
     """A national mobile: `digits` long, not starting with 0 (a national significant number
     never does), optionally behind the trunk prefix 0."""
     return f"^{'0' if trunk else ''}[1-9][0-9]{{{digits - 1}}}$"
+
+
+def exact_customer_key(identifier: Identifier) -> pl.Expr | None:
+    """An integer per valid row that is equal exactly when `_customer` is (None: text only).
+
+    Validation leaves a mobile customer 8 to 15 ASCII digits (`_MOBILE_RE`) and an id one 1 to
+    18 digits without a leading zero (`_ID_RE`, zeros stripped): the number, plus the length
+    for a mobile (whose leading zeros count), is the customer itself, so counting on it needs
+    no hash and cannot collide. A value outside those forms gives null (then `plan_figures`
+    groups on the text, as for emails and externalIds).
+    """
+    customer = pl.col("_customer")
+    length = customer.str.len_bytes().cast(pl.UInt64)
+    number = customer.str.to_integer(dtype=pl.UInt64, strict=False)
+    if identifier == "mobile":
+        fits = length <= MOBILE_DIGITS_MAX
+        return pl.when(fits).then(number + length * 10**MOBILE_DIGITS_MAX)
+    if identifier == "id":
+        return pl.when((length <= ID_MAX_DIGITS) & ~customer.str.starts_with("0")).then(number)
+    return None
 
 
 def count_national_mobiles(source: Source, digits: int) -> int:

@@ -11,7 +11,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from batcher.input.source import Source, count_national_mobiles, load_source
+from batcher.input.source import Source, count_national_mobiles, exact_customer_key, load_source
 from batcher.input.tables import REJECT_VERDICT, batcher_column, write_table
 from batcher.job import Job
 from batcher.plan import Plan, PlanFigures, plan_figures
@@ -179,6 +179,7 @@ def validate(job: Job) -> tuple[RunDir, ValidateSummary, int]:
         job.api.customers_per_request,
         job.api.programs_per_customer,
         preview_requests=PREVIEW_REQUESTS,
+        customer_key=exact_customer_key(source.identifier),
     )
     folder = RunDir.create(job)
     rejects = write_rejects(source, folder)
