@@ -901,17 +901,16 @@ def _first_problem(conditions: list[pl.Expr], first_number: int) -> pl.Expr:
 
 
 def _clean_where_needed(
-    raw: pl.Series, plain_re: str, clean: Callable[[pl.Series], pl.DataFrame]
+    raw: pl.Series, plain: pl.Series, clean: Callable[[pl.Series], pl.DataFrame]
 ) -> pl.DataFrame:
     """Columns _value and _problem for `raw`, running the cleanup only on rows that need it.
 
-    A value matching `plain_re` is already what the cleanup would make of it and passes every
-    check, so it is kept as is (no string copy). The other rows, usually few, go through
-    `clean`, and their results are put back in place.
+    A value that is `plain` (matches the plain pattern) is already what the cleanup would make
+    of it and passes every check, so it is kept as is (no string copy). The other rows, usually
+    few, go through `clean`, and their results are put back in place.
     """
     n = raw.len()
-    needs_cleanup = ~raw.str.contains(plain_re).fill_null(False)
-    positions = needs_cleanup.arg_true()
+    positions = (~plain.fill_null(False)).arg_true()
     problem = pl.repeat(0, n, dtype=pl.UInt8, eager=True)
     if positions.len() == 0:
         return pl.DataFrame({"_value": raw, "_problem": problem})
@@ -988,9 +987,16 @@ def _validate(
     plain_re = _PLAIN_IDENTIFIER_RE[identifier]
     if national is not None and identifier == "mobile":
         plain_re = national.plain_re()
-    ident = _clean_where_needed(frame.get_column(id_column), plain_re, clean_identifier)
+    # Both patterns in one query: polars runs them side by side (one is a thread's work).
+    plain = frame.select(
+        pl.col(id_column).str.contains(plain_re).alias("id"),
+        pl.col(program_column).str.contains(_PLAIN_PROGRAM_RE).alias("program"),
+    )
+    ident = _clean_where_needed(
+        frame.get_column(id_column), plain.get_column("id"), clean_identifier
+    )
     program = _clean_where_needed(
-        frame.get_column(program_column), _PLAIN_PROGRAM_RE, clean_program
+        frame.get_column(program_column), plain.get_column("program"), clean_program
     )
     id_problem = ident.get_column("_problem")
     # Usually no row is rejected: then `when(valid)` would only copy every value it keeps.
