@@ -362,10 +362,11 @@ def test_a_csv_byte_range_that_is_not_utf8_fails_as_the_sliced_reading_does(
         with pytest.raises(InputError) as whole:
             _load(job, WHOLE, m)
     monkeypatch.setattr(source_module, "_RANGE_PROBE", 64)
-    with pytest.raises(InputError) as chunked:
-        _load(job, 7, monkeypatch)
-    assert str(chunked.value) == str(whole.value)
-    assert "line 71" in str(chunked.value)
+    for keep_rows in (True, False):  # validate reads a chunk ahead: the same error comes out
+        with pytest.raises(InputError) as chunked:
+            _load(job, 7, monkeypatch, keep_rows=keep_rows)
+        assert str(chunked.value) == str(whole.value)
+        assert "line 71" in str(chunked.value)
 
 
 @pytest.mark.parametrize("keep_rows", [True, False])
