@@ -1289,15 +1289,6 @@ def _compacted(rows: pl.DataFrame) -> pl.DataFrame:
     return pl.read_ipc(buffer)
 
 
-def _read_ahead(groups: Iterator[list[pl.DataFrame]]) -> Iterator[list[pl.DataFrame]]:
-    """`groups`, each read while the one before it is checked (polars lets go of the GIL)."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(next, groups, None)
-        while (group := pending.result()) is not None:
-            pending = pool.submit(next, groups, None)
-            yield group
-
-
 def _validate_in_chunks(
     job: Job,
     groups: Iterator[list[pl.DataFrame]],
@@ -1333,8 +1324,7 @@ def _validate_in_chunks(
         pairs: list[pl.DataFrame] = []
         held: list[pl.DataFrame] = []  # without `reread`: the not-valid rows of each chunk
         key = 0
-        # validate reads the next chunk while it checks one; a run keeps to one chunk at a time.
-        for frames in groups if reread is None else _read_ahead(groups):
+        for frames in groups:
             chunk = _aligned_chunk(frames, union, 0)
             del frames
             # validate_rows reads _key as a position in its frame: numbered from 0, then shifted.

@@ -362,7 +362,7 @@ def test_a_csv_byte_range_that_is_not_utf8_fails_as_the_sliced_reading_does(
         with pytest.raises(InputError) as whole:
             _load(job, WHOLE, m)
     monkeypatch.setattr(source_module, "_RANGE_PROBE", 64)
-    for keep_rows in (True, False):  # validate reads a chunk ahead: the same error comes out
+    for keep_rows in (True, False):  # validate's load fails as a run's does
         with pytest.raises(InputError) as chunked:
             _load(job, 7, monkeypatch, keep_rows=keep_rows)
         assert str(chunked.value) == str(whole.value)
