@@ -1465,7 +1465,7 @@ def _reread_duplicates(
     made = (
         later.filter(~in_held)
         .join(read, on="_key", how="left")
-        .join(pairs, on="_key", how="left")
+        .join(known, on="_key", how="left")
         .join(firsts, on="_first", how="left")
         .with_columns(as_duplicates)
         .select(pl.col(n).cast(parked.schema[n]) for n in names)
