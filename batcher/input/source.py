@@ -1403,6 +1403,7 @@ def _reread_duplicates(
     """
     held = parked.held
     assert held is not None
+    parked.held = None  # replaced by the frame returned: not held twice meanwhile
     names = parked.schema.names()
     pair = ["_key", "_customer", "_program"]
     in_held = later.get_column("_key").is_in(held.get_column("_key").implode())
@@ -1441,7 +1442,7 @@ def _reread_duplicates(
                 break
             if part in needed:
                 chunk = _aligned_chunk(frames, union, parked.starts[part])
-                found.append(chunk.filter(pl.col("_key").is_in(read_keys.implode())))
+                found.append(_compacted(chunk.filter(pl.col("_key").is_in(read_keys.implode()))))
     finally:
         close = getattr(groups, "close", None)
         if close is not None:
@@ -1479,6 +1480,7 @@ def _reread_duplicates(
         )
         .select(names)
     )
+    del held
     later_parts = starts.search_sorted(later.get_column("_key"), side="right") - 1
     for part in later_parts.unique().sort().to_list():
         hit = (later.get_column("_key").filter(later_parts == part) - parked.starts[part]).implode()
@@ -1487,7 +1489,7 @@ def _reread_duplicates(
             .then(pl.lit("duplicate", STATUS))
             .otherwise(pl.col("status"))
         )
-    return pl.concat([patched, made]).sort("_key")
+    return pl.concat([patched, made], rechunk=False).sort("_key")
 
 
 def _later_duplicates(hashes: pl.Series, starts: list[int]) -> pl.DataFrame:
