@@ -94,13 +94,17 @@ def test_streams_across_slices(monkeypatch: object) -> None:
         setattr(plan_module, "_SLICE_ROWS", 65_536)  # noqa: B010
 
 
+# Up to 40 distinct (customer, program) pairs over 8 customers and 5 programs.
+PAIR_ROWS = st.lists(
+    st.tuples(st.sampled_from("abcdefgh"), st.sampled_from(["p1", "p2", "p3", "p4", "p5"])),
+    unique=True,
+    max_size=40,
+)
+
+
 @settings(max_examples=150, deadline=None)
 @given(
-    st.lists(
-        st.tuples(st.sampled_from("abcdefgh"), st.sampled_from(["p1", "p2", "p3", "p4", "p5"])),
-        unique=True,
-        max_size=40,
-    ),
+    PAIR_ROWS,
     st.integers(1, 5),
     st.integers(1, 4),
 )
@@ -189,11 +193,7 @@ def test_validate_figures_counted_on_the_exact_customer_key_equal_the_full_plans
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(
-        st.tuples(st.sampled_from("abcdefgh"), st.sampled_from(["p1", "p2", "p3", "p4", "p5"])),
-        unique=True,
-        max_size=40,
-    ),
+    PAIR_ROWS,
     st.booleans(),
     st.integers(1, 5),
     st.integers(1, 5),
