@@ -891,6 +891,15 @@ def _customer_checks(
     return text.str.strip_chars_start("0"), [~text.str.contains(_ID_RE)]
 
 
+def _same_pair_as(first_row: pl.Expr, first_file: pl.Expr) -> pl.Expr:
+    """A duplicate's message: the row it repeats, and that row's file when it is another."""
+    return (
+        pl.when(first_file != pl.col("source_file"))
+        .then(pl.format("same customer and program as row {} of {}", first_row, first_file))
+        .otherwise(pl.format("same customer and program as row {}", first_row))
+    )
+
+
 def _first_problem(conditions: list[pl.Expr], first_number: int) -> pl.Expr:
     """Number of the first true condition (counting from `first_number`), else 0."""
     problem: pl.Expr = pl.lit(0, dtype=pl.UInt8)
@@ -1070,13 +1079,7 @@ def _validate(
         first_row = pl.col("row").gather(pl.col("_first"))
         first_file = pl.col("source_file").gather(pl.col("_first"))
         duplicate_of = pl.when(duplicate).then(first_row)
-        message = (
-            pl.when(duplicate & (first_file != pl.col("source_file")))
-            .then(pl.format("same customer and program as row {} of {}", first_row, first_file))
-            .when(duplicate)
-            .then(pl.format("same customer and program as row {}", first_row))
-            .otherwise(message)
-        )
+        message = pl.when(duplicate).then(_same_pair_as(first_row, first_file)).otherwise(message)
     position = [c for c in POSITION_COLUMNS if c in frame.columns]
     originals = [c for c in frame.columns if c != "_key" and c not in position]
     hashes = None
@@ -1457,10 +1460,7 @@ def _reread_duplicates(
     as_duplicates = [
         pl.lit("duplicate", STATUS).alias("status"),
         pl.lit(None, REASON).alias("reason"),
-        pl.when(first_file != pl.col("source_file"))
-        .then(pl.format("same customer and program as row {} of {}", first_row, first_file))
-        .otherwise(pl.format("same customer and program as row {}", first_row))
-        .alias("message"),
+        _same_pair_as(first_row, first_file).alias("message"),
         first_row.alias("duplicate_of"),
     ]
     made = (
@@ -1564,10 +1564,8 @@ def _rewrite_duplicates(
         first_row, first_file = pl.col("_first_row"), pl.col("_first_file")
         rows = rows.with_columns(
             status=pl.when(hit).then(pl.lit("duplicate", STATUS)).otherwise(pl.col("status")),
-            message=pl.when(hit & (first_file != pl.col("source_file")))
-            .then(pl.format("same customer and program as row {} of {}", first_row, first_file))
-            .when(hit)
-            .then(pl.format("same customer and program as row {}", first_row))
+            message=pl.when(hit)
+            .then(_same_pair_as(first_row, first_file))
             .otherwise(pl.col("message")),
             duplicate_of=pl.when(hit).then(first_row).otherwise(pl.col("duplicate_of")),
         ).select(names)
