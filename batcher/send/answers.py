@@ -21,7 +21,6 @@ VERDICT_STATUS = {
     Verdict.NOT_LINKED: Status.NOT_LINKED,
     Verdict.FAILED: Status.FAILED,
 }
-_DELINKED = Status.DELINKED  # (a module name is cheaper to read than an enum's member)
 
 
 def unconfirmed_note(lost: str) -> str:
@@ -293,21 +292,16 @@ def apply_answer(
                         max_attempts=max_attempts,
                     )
                     continue
-                if st.status:  # the usual answer, spelled out: `outcome` for a delinked pair
+                if st.status:  # the usual answer: delinked, nothing more to decide
                     outcomes.append(
-                        Outcome(
-                            p.key,
-                            p.customer,
-                            p.program,
-                            _DELINKED,
+                        outcome(
+                            p,
+                            Status.DELINKED,
                             st.code,
                             st.message,
-                            customer_id,
-                            request_id,
-                            p.attempts,
-                            None,
-                            False,
-                            returned,
+                            customer_id=customer_id,
+                            request_id=request_id,
+                            api_identifier=returned,
                         )
                     )
                     continue
