@@ -33,6 +33,10 @@ PROGRAMS = ["partner-01", "partner-02", "partner-03", "partner-04"]
 ROWS = CUSTOMERS * len(PROGRAMS)
 # A request loses its answer (the server may have done the delink) on these faults.
 LOST_ANSWER_FAULTS = ("disconnect_after", "malformed_json", "hang")
+# Whole-request 400s until `retry` (faults off): the first run must split them out and leave
+# their rows failed, so it always ends with exit 1 and the retry always has work, whatever the
+# random faults happen to leave.
+POISON = [mobile(1_234), mobile(40_321)]
 
 SOAK_PROFILE = {
     "seed": 2026,
@@ -55,6 +59,7 @@ SOAK_PROFILE = {
         "item_transient_codes": [521, 2010],
         "item_omitted": 0.002,
         "item_omitted_processed_share": 0.5,
+        "poison_identifiers": POISON,
     },
 }
 
@@ -119,6 +124,7 @@ def test_soak_every_fault_at_once_then_retry_finishes_the_job(
         assert counters["faults"].get(fault, 0) > 0, fault
     assert counters["throttled"] > 0 and snap["quota"]["slowed_down"]
     assert counters["tokens_issued"] >= 3
+    assert counters["faults"]["poison"] > 0 and summary["splits"] > 0
 
     served = {(p["mobile"], p["program"]): p for p in snap["pairs"]}
     status_of = dict(
@@ -167,6 +173,10 @@ def test_soak_every_fault_at_once_then_retry_finishes_the_job(
     lost_requests = sum(counters["faults"].get(f, 0) for f in LOST_ANSWER_FAULTS)
     assert len(resent) <= lost_requests * 50 * len(PROGRAMS) + counters["faults"]["item_omitted"]
     left = summary["counts"]["retryable"] + summary["counts"]["failed"]
+    # The poison customers were isolated: their rows alone of their requests failed.
+    poisoned = outcomes.filter(pl.col("mobile").is_in(POISON))
+    assert poisoned.height == 2 * len(PROGRAMS)
+    assert set(poisoned["status"].to_list()) == {"failed"}
     assert summary["counts"]["rejected"] == summary["counts"]["duplicate"] == 0
 
     # No secret and no unmasked customer anywhere the soak run wrote or printed.
