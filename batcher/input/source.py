@@ -8,7 +8,6 @@ no Python runs per row.
 from __future__ import annotations
 
 import codecs
-import io
 import itertools
 import os
 import re
@@ -181,13 +180,12 @@ class Source:
         """Every row with all its columns (`rows` unless they wait on disk)."""
         return self.rows.lazy() if self.parked is None else self.parked.scan()
 
-    def not_valid(self) -> pl.DataFrame:
-        """The rejected and duplicate rows, with all their columns."""
+    def not_valid(self) -> pl.LazyFrame:
+        """The rejected and duplicate rows, with all their columns, in order: lazily, so that
+        an input of millions of them is streamed to its file, never held."""
         not_valid = pl.col("status") != "valid"
         if self.parked is None:
-            return self.rows.filter(not_valid)
-        if self.parked.held is not None:
-            return self.parked.held
+            return self.rows.lazy().filter(not_valid)
         # Only the parked chunks holding such rows are read (usually none, or a few).
         ends = [*self.parked.starts[1:], self.parked.rows]
         parts = [
@@ -196,8 +194,8 @@ class Source:
             if not self.rows.slice(start, end - start).get_column("status").eq("valid").all()
         ]
         if not parts:
-            return self.parked.scan().head(0).collect()
-        return pl.concat(parts).filter(not_valid).collect()
+            return pl.LazyFrame(schema=self.parked.schema)
+        return pl.concat(parts).filter(not_valid)
 
     def release(self) -> None:
         """Drop the rows a big input parked in scratch files (only the counts stay usable)."""
@@ -1195,7 +1193,8 @@ def _sweep_killed_parks() -> None:
 class _Parked:
     """Validated rows waiting on disk, one file per chunk (removed with this object).
 
-    `slim` holds each row's status and reason in memory, in order, for the counts."""
+    `slim` holds each row's status and reason in memory, in order, for the counts. Without
+    `keep_rows` (for `validate`), a chunk's file holds only its rejected and duplicate rows."""
 
     def __init__(self, id_col: str = "", prog_col: str = "", *, keep_rows: bool = True) -> None:
         _sweep_killed_parks()
@@ -1206,20 +1205,19 @@ class _Parked:
         self.schema = pl.Schema()
         self.dir = Path(tempfile.mkdtemp(prefix=f"{_PARK_PREFIX}{os.getpid()}-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, True)
+        self.kept = keep_rows
         self.parts: list[Path] = []
-        self.starts: list[int] = []  # the first _key of each part
+        self.starts: list[int] = []  # the first _key of each chunk
         self.rows = 0
         self.slim = pl.DataFrame(schema={"status": STATUS, "reason": REASON})
         # The valid rows' _key, _customer, _program, kept in memory while the rows wait on disk
         # (they are what `validate` and the preflight plan with): not read back from the files.
         self.pairs: pl.DataFrame | None = None
-        # Rows not kept (`keep_rows` False, for `validate`): no part is written, and only the
-        # rejected and duplicate rows are held, in memory, in order.
-        self.held: pl.DataFrame | None = None if keep_rows else pl.DataFrame()
 
-    def add(self, rows: pl.DataFrame) -> None:
+    def add(self, rows: pl.DataFrame, chunk_rows: int | None = None) -> None:
+        """Park the next chunk: `rows`, all `chunk_rows` of it (default) or only those kept."""
         self.starts.append(self.rows)
-        self.rows += rows.height
+        self.rows += rows.height if chunk_rows is None else chunk_rows
         self.parts.append(self.dir / f"part-{len(self.parts):05d}.arrow")
         self.rebuilt.append({})
         self.write(len(self.parts) - 1, rows)
@@ -1257,7 +1255,7 @@ class _Parked:
         )
 
     def scan(self) -> pl.LazyFrame:
-        if self.held is not None:
+        if not self.kept:
             raise RuntimeError("the valid rows were not kept (load_source keep_rows=False)")
         if not self.parts:
             return pl.LazyFrame(schema=self.schema)
@@ -1283,15 +1281,6 @@ def _aligned_chunk(
     return chunk.with_row_index("_key", offset=key).with_columns(pl.col("_key").cast(pl.Int64))
 
 
-def _compacted(rows: pl.DataFrame) -> pl.DataFrame:
-    """`rows` in buffers of their own: a few rows filtered out of a chunk would otherwise keep
-    the whole chunk's string buffers alive (a filtered string column shares them)."""
-    buffer = io.BytesIO()
-    rows.write_ipc(buffer, compression="uncompressed")
-    buffer.seek(0)
-    return pl.read_ipc(buffer)
-
-
 def _validate_in_chunks(
     job: Job,
     groups: Iterator[list[pl.DataFrame]],
@@ -1312,10 +1301,10 @@ def _validate_in_chunks(
     values (a collision raises _PairCollision) and rewritten as duplicates of the first row,
     exactly as a validation of the whole input would have made them.
 
-    With `reread` (which gives the same chunks again), the rows are not parked: only the
-    rejected and duplicate rows are kept, in memory, with the valid pairs (`validate` needs
-    nothing else, and writing every row to scratch files was a third of its time). The rows
-    made duplicates across chunks are then read again from the input, only when there are any.
+    With `reread` (which gives the same chunks again), only each chunk's rejected and duplicate
+    rows are parked, with the valid pairs in memory (`validate` needs nothing else, and writing
+    every row to scratch files was a third of its time). The rows made duplicates across
+    chunks are then read again from the input, only when there are any.
     """
     parked = _Parked(id_col, prog_col, keep_rows=reread is None)
     # A chunk is written while the next one is read and checked (writing is mostly waiting).
@@ -1325,7 +1314,6 @@ def _validate_in_chunks(
         hashes: list[pl.Series] = []
         slim: list[pl.DataFrame] = []
         pairs: list[pl.DataFrame] = []
-        held: list[pl.DataFrame] = []  # without `reread`: the not-valid rows of each chunk
         key = 0
         for frames in groups:
             chunk = _aligned_chunk(frames, union, 0)
@@ -1346,19 +1334,13 @@ def _validate_in_chunks(
             chunk_pairs = rows.select("_key", "_customer", "_program")
             if keep_pairs:
                 pairs.append(chunk_pairs if all_valid else chunk_pairs.filter(valid))
-            if reread is not None:
-                parked.starts.append(key)
-                parked.rows += rows.height
-                if not all_valid:
-                    held.append(_compacted(rows.filter(~valid)))
-                parked.schema = rows.schema
+            parked_rows = rows if reread is None else rows.filter(~valid)
             del valid, chunk_pairs
-            if reread is None:
-                if written is not None:
-                    written.result()
-                written = writer.submit(parked.add, rows)
+            if written is not None:
+                written.result()
+            written = writer.submit(parked.add, parked_rows, rows.height)
             key += rows.height
-            del rows
+            del rows, parked_rows
         if written is not None:
             written.result()
         # Not rechunked: a copy of every hash (80 MB at 10M rows) at the peak of memory.
@@ -1366,13 +1348,9 @@ def _validate_in_chunks(
         del hashes
         kept = pl.concat(pairs, rechunk=False) if pairs else None
         del pairs
-        if reread is not None:
-            # Chunks come in order: so do their rows (an empty frame gives the columns).
-            parked.held = pl.concat([pl.DataFrame(schema=parked.schema), *held])
-            del held
         if later.height and reread is not None:
-            assert kept is not None and parked.held is not None
-            parked.held = _reread_duplicates(reread, union, parked, later, kept, slim)
+            assert kept is not None
+            _reread_duplicates(reread, union, parked, later, kept, slim)
         elif later.height:
             _rewrite_duplicates(parked, later, slim, job.input.identifier)
         if later.height and kept is not None:
@@ -1395,67 +1373,120 @@ def _reread_duplicates(
     later: pl.DataFrame,
     pairs: pl.DataFrame,
     slim: list[pl.DataFrame],
-) -> pl.DataFrame:
-    """The not-valid rows (`parked.held`) with the rows of `later` made duplicates of their
-    `_first`, as in `_rewrite_duplicates`, for rows that were not parked; `slim` in place.
+) -> None:
+    """`_rewrite_duplicates` for parts that hold only the not-valid rows of their chunk.
 
     A row of `later` is either valid in its chunk (its pair is in `pairs`, its row is not
-    kept) or a duplicate inside its chunk (kept). The pairs are compared on their real values
-    (a difference is a hash collision: _PairCollision); the valid rows' other columns, and the
-    first rows' number and file, are read again from the input, only the chunks holding them.
+    parked) or a duplicate inside it (parked). The valid rows' other columns, and the first
+    rows' number and file, are read again from the input, only the chunks holding them; then
+    each chunk's part is rewritten with its new duplicates, one chunk at a time, so memory
+    holds one chunk beside the pairs whatever the number of duplicates.
     """
-    held = parked.held
-    assert held is not None
-    parked.held = None  # replaced by the frame returned: not held twice meanwhile
-    names = parked.schema.names()
-    pair = ["_key", "_customer", "_program"]
-    in_held = later.get_column("_key").is_in(held.get_column("_key").implode())
-    wanted = pl.concat([later.get_column("_key"), later.get_column("_first")]).unique().sort()
-    known = pl.concat(
-        [
-            pairs.filter(pl.col("_key").is_in(wanted.implode())),
-            held.select(pair).filter(pl.col("_key").is_in(wanted.implode())),
-        ]
-    )
-    first_pairs = known.rename({c: f"_first{c}" for c in pair})
-    checked = later.join(known, on="_key", how="left").join(
-        first_pairs, left_on="_first", right_on="_first_key", how="left"
-    )
-    same = checked.select(
-        (
-            (pl.col("_customer") == pl.col("_first_customer"))
-            & (pl.col("_program") == pl.col("_first_program"))
-        )
-        .fill_null(False)
-        .all()
-    )
-    if not same.item():
-        raise _PairCollision
     starts = pl.Series(parked.starts, dtype=pl.Int64)
-    # Read again: the first rows, and the rows of `later` that were valid (not kept).
+    statuses = pl.concat([s.get_column("status") for s in slim], rechunk=False)
+    later_keys = later.get_column("_key")
+    later = later.with_columns(
+        _part=starts.search_sorted(later_keys, side="right") - 1,
+        _parked=statuses.gather(later_keys) != "valid",
+    )
+    # Read again: the first rows, and the rows of `later` that were valid (not parked).
     read_keys = pl.concat(
-        [later.get_column("_key").filter(~in_held), later.get_column("_first")]
+        [later.filter(~pl.col("_parked")).get_column("_key"), later.get_column("_first")]
     ).unique()
-    needed = set((starts.search_sorted(read_keys, side="right") - 1).to_list())
-    found: list[pl.DataFrame] = []
+    to_read = set((starts.search_sorted(read_keys, side="right") - 1).to_list())
+    to_patch = set(later.get_column("_part").to_list())
+    # A first row is always in an earlier chunk than its duplicates: going through the chunks
+    # in order, every first row a chunk's duplicates name has been read before the chunk.
+    firsts = pl.DataFrame(
+        schema={"_first": pl.Int64, "_first_row": pl.Int64, "_first_file": pl.String}
+    )
     groups = reread()
+    chunks = enumerate(groups)
     try:
-        for part, frames in enumerate(groups):
-            if part > max(needed):
-                break
-            if part in needed:
-                chunk = _aligned_chunk(frames, union, parked.starts[part])
-                found.append(_compacted(chunk.filter(pl.col("_key").is_in(read_keys.implode()))))
+        for part in sorted(to_read | to_patch):
+            read = None
+            if part in to_read:
+                for i, frames in chunks:
+                    if i == part:
+                        read = _aligned_chunk(frames, union, parked.starts[part]).filter(
+                            pl.col("_key").is_in(read_keys.implode())
+                        )
+                        break
+                assert read is not None
+                firsts = firsts.vstack(
+                    read.select(
+                        pl.col("_key").alias("_first"),
+                        pl.col("row").cast(pl.Int64).alias("_first_row"),
+                        pl.col("source_file").cast(pl.String).alias("_first_file"),
+                    )
+                )
+            if part in to_patch:
+                _patch_part(
+                    parked, part, later.filter(pl.col("_part") == part), read, pairs, firsts
+                )
+                hit = (
+                    later.filter(pl.col("_part") == part).get_column("_key") - parked.starts[part]
+                ).implode()
+                slim[part] = slim[part].with_columns(
+                    status=pl.when(pl.int_range(pl.len()).is_in(hit))
+                    .then(pl.lit("duplicate", STATUS))
+                    .otherwise(pl.col("status"))
+                )
     finally:
         close = getattr(groups, "close", None)
         if close is not None:
             close()
-    read = pl.concat(found)
-    firsts = read.select(
-        pl.col("_key").alias("_first"),
-        pl.col("row").alias("_first_row"),
-        pl.col("source_file").alias("_first_file"),
+
+
+def _valid_pairs(pairs: pl.DataFrame, keys: pl.Series) -> pl.DataFrame:
+    """The rows of `pairs` (sorted by _key) with these keys, in their order: found by binary
+    search, not by a hash table over every pair. A key that is not there (never expected)
+    counts as a collision: the whole input is then validated in one go."""
+    if keys.is_empty():
+        return pairs.clear()
+    at = pairs.get_column("_key").search_sorted(keys).clip(upper_bound=max(pairs.height - 1, 0))
+    got = pairs[at] if pairs.height else pairs
+    if got.height != keys.len() or not (got.get_column("_key") == keys).all():
+        raise _PairCollision
+    return got
+
+
+def _patch_part(
+    parked: _Parked,
+    part: int,
+    later: pl.DataFrame,
+    read: pl.DataFrame | None,
+    pairs: pl.DataFrame,
+    firsts: pl.DataFrame,
+) -> None:
+    """Rewrite one chunk's part of not-valid rows with the chunk's rows of `later` as
+    duplicates: the parked ones patched, the valid ones (their other columns from `read`)
+    added. Each pair is compared with its first row's on the real values (a difference is a
+    hash collision: _PairCollision)."""
+    names = parked.schema.names()
+    pair = ["_key", "_customer", "_program"]
+    rows = parked.part(part).collect()
+    moved = later.filter(pl.col("_parked")).select("_key", "_first")
+    added = later.filter(~pl.col("_parked")).select("_key", "_first")
+    own = pl.concat(
+        [
+            rows.select(pair).join(moved, on="_key", how="semi"),
+            _valid_pairs(pairs, added.get_column("_key")),
+        ]
     )
+    first_pairs = _valid_pairs(pairs, later.get_column("_first").unique().sort()).rename(
+        {c: f"_first{c}" for c in pair}
+    )
+    checked = (
+        later.select("_key", "_first")
+        .join(own, on="_key", how="left")
+        .join(first_pairs, left_on="_first", right_on="_first_key", how="left")
+    )
+    same = (checked.get_column("_customer") == checked.get_column("_first_customer")) & (
+        checked.get_column("_program") == checked.get_column("_first_program")
+    )
+    if not same.fill_null(False).all():
+        raise _PairCollision
     first_row, first_file = pl.col("_first_row"), pl.col("_first_file")
     as_duplicates = [
         pl.lit("duplicate", STATUS).alias("status"),
@@ -1463,33 +1494,30 @@ def _reread_duplicates(
         _same_pair_as(first_row, first_file).alias("message"),
         first_row.alias("duplicate_of"),
     ]
-    made = (
-        later.filter(~in_held)
-        .join(read, on="_key", how="left")
-        .join(known, on="_key", how="left")
-        .join(firsts, on="_first", how="left")
-        .with_columns(as_duplicates)
-        .select(pl.col(n).cast(parked.schema[n]) for n in names)
-    )
-    moved = later.filter(in_held).join(firsts, on="_first", how="left")
     patched = (
-        held.join(moved, on="_key", how="left", maintain_order="left")
+        rows.join(
+            moved.join(firsts, on="_first", how="left"),
+            on="_key",
+            how="left",
+            maintain_order="left",
+        )
         .with_columns(
             pl.when(pl.col("_first").is_not_null()).then(e).otherwise(pl.col(e.meta.output_name()))
             for e in as_duplicates[2:]
         )
         .select(names)
     )
-    del held
-    later_parts = starts.search_sorted(later.get_column("_key"), side="right") - 1
-    for part in later_parts.unique().sort().to_list():
-        hit = (later.get_column("_key").filter(later_parts == part) - parked.starts[part]).implode()
-        slim[part] = slim[part].with_columns(
-            status=pl.when(pl.int_range(pl.len()).is_in(hit))
-            .then(pl.lit("duplicate", STATUS))
-            .otherwise(pl.col("status"))
+    if added.height:
+        assert read is not None
+        made = (
+            added.join(read, on="_key", how="left")
+            .join(own, on="_key", how="left")
+            .join(firsts, on="_first", how="left")
+            .with_columns(as_duplicates)
+            .select(pl.col(n).cast(parked.schema[n]) for n in names)
         )
-    return pl.concat([patched, made], rechunk=False).sort("_key")
+        patched = pl.concat([patched, made]).sort("_key")
+    parked.write(part, patched)
 
 
 def _later_duplicates(hashes: pl.Series, starts: list[int]) -> pl.DataFrame:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from batcher.input.source import Source, count_national_mobiles, exact_customer_key, load_source
-from batcher.input.tables import REJECT_VERDICT, batcher_column, write_table
+from batcher.input.tables import REJECT_VERDICT, batcher_column, sink_table
 from batcher.job import Job
 from batcher.plan import Plan, PlanFigures, plan_figures
 from batcher.present.progress import clock
@@ -40,13 +40,13 @@ def reject_columns(source: Source) -> list[pl.Expr]:
 
 def write_rejects(source: Source, folder: RunDir) -> Path | None:
     """Write rejected and duplicate rows (same format as the input); None when there are none."""
-    rejects = source.not_valid()
-    if rejects.height == 0:
+    counts = source.counts()
+    if counts["rejected"] + counts["duplicate"] == 0:
         return None
-    path = folder.rejects_path(source.format)
-    return write_table(
-        rejects.select(reject_columns(source)),
-        path,
+    # Streamed from the parked chunks: an input of millions of bad rows is never held.
+    return sink_table(
+        source.not_valid().select(reject_columns(source)),
+        folder.rejects_path(source.format),
         source.format,
         sheet=source.sheet,
         dialect=source.dialect,
