@@ -1390,9 +1390,8 @@ def _reread_duplicates(
         _parked=statuses.gather(later_keys) != "valid",
     )
     # Read again: the first rows, and the rows of `later` that were valid (not parked).
-    read_keys = pl.concat(
-        [later.filter(~pl.col("_parked")).get_column("_key"), later.get_column("_first")]
-    ).unique()
+    first_keys = later.get_column("_first").unique()
+    read_keys = pl.concat([later.filter(~pl.col("_parked")).get_column("_key"), first_keys])
     to_read = set((starts.search_sorted(read_keys, side="right") - 1).to_list())
     to_patch = set(later.get_column("_part").to_list())
     # A first row is always in an earlier chunk than its duplicates: going through the chunks
@@ -1414,7 +1413,7 @@ def _reread_duplicates(
                         break
                 assert read is not None
                 firsts = firsts.vstack(
-                    read.select(
+                    read.filter(pl.col("_key").is_in(first_keys.implode())).select(
                         pl.col("_key").alias("_first"),
                         pl.col("row").cast(pl.Int64).alias("_first_row"),
                         pl.col("source_file").cast(pl.String).alias("_first_file"),
@@ -1487,6 +1486,7 @@ def _patch_part(
     )
     if not same.fill_null(False).all():
         raise _PairCollision
+    del checked, same, first_pairs
     first_row, first_file = pl.col("_first_row"), pl.col("_first_file")
     as_duplicates = [
         pl.lit("duplicate", STATUS).alias("status"),
