@@ -2,6 +2,7 @@
 
     uv run python benchmarks/plan.py            # generate (once) into benchmarks/data/, then time
     uv run python benchmarks/plan.py --rows 1000000 --trials 1
+    uv run python benchmarks/plan.py --bad      # 70% of the rows rejected or duplicates
 
 Each measurement runs in a fresh Python process that reports its own elapsed time after its
 imports (polars for the yardstick; polars and batcher for ours: until 2026-11-28 23:15 UTC ours
@@ -28,21 +29,30 @@ DATA = HERE / "data"
 PROGRAMS = 50
 
 
-def generate(rows: int, customers: int) -> dict[str, Path]:
-    """Deterministic pairs: customer i has mobile 9198{i:08d}, spread over 50 programs."""
+def generate(rows: int, customers: int, *, bad: bool = False) -> dict[str, Path]:
+    """Deterministic pairs: customer i has mobile 9198{i:08d}, spread over 50 programs.
+
+    `bad`: the worst input for memory: in each ten rows, four malformed mobiles (rejected) and
+    six pairs; the second half of the file repeats the first half's pairs (3 of 10 rows are
+    duplicates of a row millions of rows earlier, in another chunk), so 70% of the rows go to
+    the rejects file and every chunk of the second half is rewritten."""
     import polars as pl
 
     DATA.mkdir(exist_ok=True)
-    stem = f"pairs-{rows}"
+    stem = f"pairs-bad-{rows}" if bad else f"pairs-{rows}"
     paths = {"csv": DATA / f"{stem}.csv", "parquet": DATA / f"{stem}.parquet"}
     if all(p.exists() for p in paths.values()):
         return paths
     i = pl.int_range(rows, dtype=pl.Int64)
+    base = i % (rows // 2) if bad else i
     # A multiplicative scramble spreads a customer's rows through the file, as real exports do.
-    customer = (i * 7919) % customers
-    program = (i // customers + 2 * (i % 25)) % PROGRAMS + 1
+    customer = (base * 7919) % customers
+    program = (base // customers + 2 * (base % 25)) % PROGRAMS + 1
+    mobile = pl.lit("9198") + customer.cast(pl.String).str.zfill(8)
     frame = pl.select(
-        mobile=pl.lit("9198") + customer.cast(pl.String).str.zfill(8),
+        mobile=pl.when(i % 10 < 4).then(pl.lit("12ab") + i.cast(pl.String)).otherwise(mobile)
+        if bad
+        else mobile,
         partner_program_name=pl.lit("partner-") + program.cast(pl.String).str.zfill(2),
         requested_by=pl.lit("benchmark"),
     )
@@ -106,14 +116,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument(
+        "--bad", action="store_true", help="an input of 40%% rejects and 30%% duplicates"
+    )
     parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(args.child[0], Path(args.child[1]))
         return
     t0 = time.perf_counter()
-    paths = generate(args.rows, args.rows // 2)
-    print(f"data: {args.rows:,} rows ({time.perf_counter() - t0:.1f} s to generate or find)")
+    paths = generate(args.rows, args.rows // 2, bad=args.bad)
+    print(
+        f"data: {args.rows:,} rows{' (70% rejects and duplicates)' if args.bad else ''} "
+        f"({time.perf_counter() - t0:.1f} s to generate or find)"
+    )
     for fmt, path in paths.items():
         # Alternate ours and the yardstick and keep each one's fastest trial (with its peak
         # RSS): on a shared machine the fastest trial is the least disturbed.
