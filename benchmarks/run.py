@@ -2,7 +2,7 @@
 
     uv run python benchmarks/run.py [--requests 20000] [--trials 3] [--concurrency 8]
                                     [--big-pairs 1000000]
-    uv run python benchmarks/run.py --scale [500000,2000000,10000000]
+    uv run python benchmarks/run.py --scale [500000,2000000,10000000] [--shuffled]
 
 1. The simulator runs in a subprocess pinned to core 0, faults, latency and quota off.
 2. Yardstick: a bare aiohttp loop (its own process, core 1) posts 1-customer bodies at the same
@@ -16,7 +16,9 @@ With --scale, instead: for each job size (5 programs per customer, 50 customers 
 `batcher run` end to end (peak RSS, the run folder's bytes per input pair after the run, pairs/s
 from start to exit) and, right after it, a bare aiohttp loop (uvloop) posting the same bodies
 (50 customers of 5 programs; at most 1M pairs of them) to the same simulator, for the ratio.
-The load average is printed beside each figure: the machine is shared.
+The load average is printed beside each figure: the machine is shared. `--shuffled` puts the
+rows in a random order (seeded): each customer's pairs are then scattered through the file, so
+the plan cannot follow the input order and is sorted on disk first.
 
 Machines here are shared and noisy: read the ratio, not the absolute figures.
 """
@@ -209,7 +211,7 @@ def _load() -> str:
     return f"{one:.1f}/{five:.1f}"
 
 
-def scale(sizes: list[int], concurrency: int) -> None:
+def scale(sizes: list[int], concurrency: int, *, shuffled: bool = False) -> None:
     """Peak RSS, run folder bytes per pair and pairs/s at each size, against the bare loop."""
     biggest = max(sizes) // 5
     ctx = multiprocessing.get_context("spawn")
@@ -226,12 +228,16 @@ def scale(sizes: list[int], concurrency: int) -> None:
                 customers = pairs // 5
                 data = folder / f"pairs-{pairs}.parquet"
                 index = pl.int_range(0, customers * 5, eager=True)
-                pl.DataFrame({"i": index}).select(
+                frame = pl.DataFrame({"i": index}).select(
                     mobile=pl.format("9198{}", (pl.col("i") // 5).cast(pl.String).str.zfill(8)),
                     partner_program_name=pl.format(
                         "partner-0{}", (pl.col("i") % 5 + 1).cast(pl.String)
                     ),
-                ).write_parquet(data)
+                )
+                if shuffled:
+                    frame = frame.sample(fraction=1.0, shuffle=True, seed=7)
+                frame.write_parquet(data)
+                del frame
                 load_before = _load()
                 job = _write_job(folder, base_url, data, 50, concurrency, f"s{pairs}")
                 seconds, rss_mb, summary, cpu_s = _run_cli(job)
@@ -296,9 +302,12 @@ def main() -> None:
         metavar="SIZES",
         help="peak RSS, run folder size and pairs/s at these job sizes (pairs, comma-separated)",
     )
+    parser.add_argument(
+        "--shuffled", action="store_true", help="--scale: rows in random order (plan on disk)"
+    )
     args = parser.parse_args()
     if args.scale:
-        scale([int(n) for n in args.scale.split(",")], args.concurrency)
+        scale([int(n) for n in args.scale.split(",")], args.concurrency, shuffled=args.shuffled)
         return
 
     customers = max(args.requests * 2 * args.trials, args.big_pairs // 5) + 10
