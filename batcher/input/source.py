@@ -1420,12 +1420,9 @@ def _reread_duplicates(
                     )
                 )
             if part in to_patch:
-                _patch_part(
-                    parked, part, later.filter(pl.col("_part") == part), read, pairs, firsts
-                )
-                hit = (
-                    later.filter(pl.col("_part") == part).get_column("_key") - parked.starts[part]
-                ).implode()
+                mine = later.filter(pl.col("_part") == part)
+                _patch_part(parked, part, mine, read, pairs, firsts)
+                hit = (mine.get_column("_key") - parked.starts[part]).implode()
                 slim[part] = slim[part].with_columns(
                     status=pl.when(pl.int_range(pl.len()).is_in(hit))
                     .then(pl.lit("duplicate", STATUS))
