@@ -4,13 +4,16 @@ Invariant: a request never names the same customer twice. A customer with more p
 `programs_per_customer` is split into chunks; chunk k of every customer goes in round k, and
 requests are numbered round by round, so two chunks of one customer never share a request.
 Within a round customers keep the order of their first appearance, and programs keep input
-order: the same pairs always give the same requests.
+order: the same pairs always give the same requests. A plan too big to sort in memory
+(`spill_plan`) is made of buckets of customers, each planned so on its own.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 
@@ -18,6 +21,16 @@ from batcher.send.contract import Entry, build_body
 
 # Rows turned into Python objects at a time while streaming requests.
 _SLICE_ROWS = 65_536
+# A plan of more pairs than this that cannot follow the input order is built on disk, a bucket
+# of customers of about this many pairs at a time (see spill_plan): ~150 MB of memory.
+BUCKET_PAIRS = 1_000_000
+# A plan's pairs (an empty frame of them for a plan that holds none).
+_PLAN_SCHEMA = {
+    "_key": pl.Int64,
+    "_customer": pl.String,
+    "_program": pl.String,
+    "_request": pl.Int64,
+}
 
 # The pairs to send (_key, _customer, _program), in _key order, a bounded batch at a time; each
 # call reads them again from the start.
@@ -53,7 +66,8 @@ class Plan:
 
     Columns: _key, _customer, _program, _request (Int64, 0-based). A streamed plan (see
     `stream_plan`) holds no pairs: `batches` reads them again, in input order, which is then
-    the send order, and `pair_count` counts them.
+    the send order, and `pair_count` counts them. A spilled plan (see `spill_plan`) holds
+    none either: `spilled` are files of such rows, in send order, and `pair_count` counts them.
     """
 
     pairs: pl.DataFrame
@@ -63,17 +77,21 @@ class Plan:
     programs_per_customer: int
     batches: PairBatches | None = None
     pair_count: int = 0
+    spilled: tuple[Path, ...] = ()
 
     @property
     def figures(self) -> PlanFigures:
-        pairs = self.pairs.height if self.batches is None else self.pair_count
-        return PlanFigures(pairs, self.customers, self.requests)
+        held = self.batches is None and not self.spilled
+        return PlanFigures(
+            self.pairs.height if held else self.pair_count, self.customers, self.requests
+        )
 
     def _slices(self) -> Iterator[pl.DataFrame]:
         """The plan's rows in send order with their _request, a bounded slice at a time."""
         if self.batches is None:
-            for start in range(0, self.pairs.height, _SLICE_ROWS):
-                yield self.pairs.slice(start, _SLICE_ROWS)
+            for part in (self.pairs,) if not self.spilled else map(pl.read_ipc, self.spilled):
+                for start in range(0, part.height, _SLICE_ROWS):
+                    yield part.slice(start, _SLICE_ROWS)
             return
         # Customers come together and none is split: customer n (counted in input order) goes
         # in request n // customers_per_request, as build_plan would put it.
@@ -166,20 +184,91 @@ def stream_plan(
     if customers and pl.concat(heads).n_unique() != customers:
         return None  # a customer comes back later (or two share a hash): not input order
     return Plan(
-        pairs=pl.DataFrame(
-            schema={
-                "_key": pl.Int64,
-                "_customer": pl.String,
-                "_program": pl.String,
-                "_request": pl.Int64,
-            }
-        ),
+        pairs=pl.DataFrame(schema=_PLAN_SCHEMA),
         customers=customers,
         requests=-(-customers // customers_per_request),
         customers_per_request=customers_per_request,
         programs_per_customer=programs_per_customer,
         batches=batches,
         pair_count=pairs,
+    )
+
+
+def plan_pairs(
+    batches: PairBatches,
+    expected_pairs: int,
+    customers_per_request: int,
+    programs_per_customer: int,
+    folder: Path,
+) -> Plan:
+    """The plan of the pairs `batches` gives (about `expected_pairs` of them): streamed when the
+    input order is the send order, else built in memory, or on disk in `folder` when there are
+    more than BUCKET_PAIRS of them."""
+    streamed = stream_plan(batches, customers_per_request, programs_per_customer)
+    if streamed is not None:
+        return streamed
+    if expected_pairs > BUCKET_PAIRS:
+        return spill_plan(
+            batches, expected_pairs, customers_per_request, programs_per_customer, folder
+        )
+    return build_plan(pl.concat(batches()), customers_per_request, programs_per_customer)
+
+
+def spill_plan(
+    batches: PairBatches,
+    expected_pairs: int,
+    customers_per_request: int,
+    programs_per_customer: int,
+    folder: Path,
+) -> Plan:
+    """`build_plan` for more pairs than memory should sort, in input order or not.
+
+    The pairs are split by a hash of their customer into buckets of about BUCKET_PAIRS pairs
+    (from `expected_pairs`), written to `folder` as they are read; each bucket is then planned
+    by `build_plan` on its own and written back, its requests numbered after the previous
+    bucket's. A customer is in one bucket, so no request names it twice and its chunks stay a
+    round apart; customers are sent bucket by bucket, each bucket in order of first appearance.
+    Memory holds one batch, then one bucket; the same pairs give the same plan.
+    """
+    if customers_per_request < 1 or programs_per_customer < 1:
+        raise ValueError("customers_per_request and programs_per_customer must be positive")
+    shutil.rmtree(folder, ignore_errors=True)  # a killed run's plan
+    folder.mkdir(parents=True)
+    buckets = max(1, -(-expected_pairs // BUCKET_PAIRS))
+    written: list[list[Path]] = [[] for _ in range(buckets)]
+    for n, batch in enumerate(batches()):
+        if batch.height == 0:
+            continue
+        bucket = (pl.col("_customer").hash(seed=0) % buckets).alias("_bucket")
+        parts = batch.with_columns(bucket).partition_by("_bucket", as_dict=True, include_key=False)
+        for (b,), part in parts.items():
+            path = folder / f"in-{b:05d}-{n:06d}.arrow"
+            part.write_ipc(path, compression="uncompressed")
+            written[int(b)].append(path)
+    spilled: list[Path] = []
+    customers = requests = pairs = 0
+    for b, paths in enumerate(written):
+        if not paths:
+            continue
+        plan = build_plan(
+            pl.concat([pl.read_ipc(p) for p in paths]), customers_per_request, programs_per_customer
+        )
+        for p in paths:
+            p.unlink()
+        path = folder / f"plan-{b:05d}.arrow"
+        plan.pairs.with_columns(pl.col("_request") + requests).write_ipc(path, compression="lz4")
+        spilled.append(path)
+        customers += plan.customers
+        requests += plan.requests
+        pairs += plan.pairs.height
+    return Plan(
+        pairs=pl.DataFrame(schema=_PLAN_SCHEMA),
+        customers=customers,
+        requests=requests,
+        customers_per_request=customers_per_request,
+        programs_per_customer=programs_per_customer,
+        pair_count=pairs,
+        spilled=tuple(spilled),
     )
 
 

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import itertools
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batcher.input.source import exact_customer_key
-from batcher.plan import build_plan, plan_figures, stream_plan
+from batcher.plan import (
+    BUCKET_PAIRS,
+    PairBatches,
+    PlannedRequest,
+    build_plan,
+    plan_figures,
+    plan_pairs,
+    spill_plan,
+    stream_plan,
+)
 
 
 def pairs_of(rows: list[tuple[str, str]]) -> pl.DataFrame:
@@ -114,6 +125,21 @@ def test_every_pair_exactly_once_within_limits_and_deterministic(
     frame = pairs_of(rows)
     plan = build_plan(frame, per_request, per_customer)
     requests = list(plan.iter_requests("mobile"))
+    assert_sends_every_pair_once(requests, rows, per_request, per_customer)
+    assert plan.requests == len(requests)
+    assert plan.customers == len({c for c, _ in rows})
+    again = list(build_plan(frame, per_request, per_customer).iter_requests("mobile"))
+    assert again == requests
+
+
+def assert_sends_every_pair_once(
+    requests: list[PlannedRequest],
+    rows: list[tuple[str, str]],
+    per_request: int,
+    per_customer: int,
+) -> None:
+    """Requests numbered from 0, within the limits, no customer twice in one, every pair
+    exactly once, and each customer's programs sent in input order."""
     seen: list[tuple[str, str]] = []
     for n, req in enumerate(requests):
         assert req.index == n
@@ -127,10 +153,8 @@ def test_every_pair_exactly_once_within_limits_and_deterministic(
                 assert rows[key] == (entry.customer, program)
                 seen.append((entry.customer, program))
     assert sorted(seen) == sorted(rows)
-    assert plan.requests == len(requests)
-    assert plan.customers == len({c for c, _ in rows})
-    again = list(build_plan(frame, per_request, per_customer).iter_requests("mobile"))
-    assert again == requests
+    for customer in {c for c, _ in rows}:
+        assert [p for c, p in seen if c == customer] == [p for c, p in rows if c == customer]
 
 
 @settings(max_examples=150, deadline=None)
@@ -227,3 +251,69 @@ def test_streamed_plan_sends_what_the_built_plan_sends(
     assert streamed is not None
     assert streamed.figures == built.figures
     assert list(streamed.iter_requests("mobile")) == list(built.iter_requests("mobile"))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    PAIR_ROWS,
+    st.integers(1, 5),
+    st.integers(1, 4),
+    st.integers(1, 9),
+    st.integers(1, 6),
+)
+def test_a_plan_spilled_in_buckets_sends_every_pair_once_within_limits(
+    rows: list[tuple[str, str]],
+    per_request: int,
+    per_customer: int,
+    batch_rows: int,
+    buckets: int,
+) -> None:
+    """spill_plan (a big input not in send order) keeps build_plan's guarantees; it may only
+    leave one request per bucket and round partly filled where build_plan would not."""
+    frame = pairs_of(rows)
+
+    def batches() -> Iterator[pl.DataFrame]:
+        for start in range(0, max(frame.height, 1), batch_rows):
+            yield frame.slice(start, batch_rows)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / ".plan"
+        folder.mkdir()
+        (folder / "in-00000-000000.arrow").write_text("a killed run's leftover")
+        spilled = spill_plan(batches, buckets * BUCKET_PAIRS, per_request, per_customer, folder)
+        requests = list(spilled.iter_requests("mobile"))
+        assert {p.name.split("-")[0] for p in folder.iterdir()} <= {"plan"}
+        again = spill_plan(batches, buckets * BUCKET_PAIRS, per_request, per_customer, folder)
+        assert list(again.iter_requests("mobile")) == requests
+    assert_sends_every_pair_once(requests, rows, per_request, per_customer)
+    built = build_plan(frame, per_request, per_customer)
+    rounds = max(
+        (
+            -(-len(list(g)) // per_customer)
+            for _, g in itertools.groupby(sorted(c for c, _ in rows))
+        ),
+        default=0,
+    )
+    assert spilled.figures.pairs == len(rows)
+    assert spilled.customers == built.customers
+    assert spilled.requests == len(requests)
+    assert built.requests <= spilled.requests <= built.requests + buckets * rounds
+
+
+def test_plan_pairs_spills_only_a_big_plan_not_in_send_order(tmp_path: Path) -> None:
+    scattered = pairs_of([(f"c{i % 7}", f"p{i}") for i in range(30)])
+    grouped = pairs_of(sorted((f"c{i % 7}", f"p{i % 3}") for i in range(21)))
+    folder = tmp_path / ".plan"
+    for frame, expected, kind in (
+        (scattered, BUCKET_PAIRS, "built"),
+        (scattered, BUCKET_PAIRS + 1, "spilled"),
+        (grouped, 10 * BUCKET_PAIRS, "streamed"),
+    ):
+        plan = plan_pairs(_once(frame), expected, 2, 3, folder)
+        got = "spilled" if plan.spilled else "streamed" if plan.batches else "built"
+        assert got == kind
+        assert plan.figures.pairs == frame.height
+
+
+def _once(frame: pl.DataFrame) -> PairBatches:
+    return lambda: iter([frame])

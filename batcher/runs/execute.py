@@ -22,7 +22,7 @@ from batcher.eventloop import loop_factory
 from batcher.input.files import input_location
 from batcher.input.source import PARKED_ROW_GROUP, Source, load_source
 from batcher.job import Job, Quota
-from batcher.plan import PairBatches, Plan, PlanFigures, build_plan, stream_plan
+from batcher.plan import PairBatches, Plan, PlanFigures, plan_pairs
 from batcher.present import logs
 from batcher.present.report import write_report
 from batcher.results.assemble import assemble_run
@@ -159,15 +159,18 @@ def _pairs_to_send(parked: Path, confirmed: pl.DataFrame | None) -> PairBatches:
     return batches
 
 
-def _plan(parked: Path, confirmed: pl.DataFrame | None, job: Job) -> Plan:
+def _plan(folder: RunDir, confirmed: pl.DataFrame | None, job: Job, valid_pairs: int) -> Plan:
     """The plan of the pairs to send: streamed from the parked rows when the input order is
-    the send order (memory then holds a hash per customer), else built in memory."""
-    batches = _pairs_to_send(parked, confirmed)
-    cpr, ppc = job.api.customers_per_request, job.api.programs_per_customer
-    streamed = stream_plan(batches, cpr, ppc)
-    if streamed is not None:
-        return streamed
-    return build_plan(pl.concat(batches()), cpr, ppc)
+    the send order (memory then holds a hash per customer), else built in memory, or in the
+    run folder a bucket of customers at a time for a big input (see plan.spill_plan)."""
+    expected = valid_pairs - (confirmed.height if confirmed is not None else 0)
+    return plan_pairs(
+        _pairs_to_send(folder.parked_rows_path, confirmed),
+        max(expected, 0),
+        job.api.customers_per_request,
+        job.api.programs_per_customer,
+        folder.plan_path,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +307,9 @@ def prepare(
     # The rows wait on disk while their pairs are sent: memory holds the plan, not the input,
     # and a plan in input order reads its pairs from there as it sends them.
     source.park(folder.parked_rows_path)
-    plan = _plan(folder.parked_rows_path, confirmed, job)
+    plan = _plan(folder, confirmed, job, source.counts()["valid"])
+    if plan.spilled:
+        log.info("plan.spilled", buckets=len(plan.spilled), pairs=plan.figures.pairs)
     return Prepared(
         job=job,
         profile=profile,
@@ -372,6 +377,7 @@ def finish(prepared: Prepared, sent: Sent) -> RunResult:
     job, source, folder = prepared.job, prepared.source, prepared.folder
     stats, stop_reason = sent.stats, sent.stop_reason
     unsent = f"not sent: the run stopped ({stop_reason})" if stop_reason else None
+    shutil.rmtree(folder.plan_path, ignore_errors=True)  # a plan spilled to disk: sent
     # Streamed a range of rows at a time; the journal is folded small once they are written.
     assembly = assemble_run(
         folder.journal_path,

@@ -30,6 +30,7 @@ ORIGIN_NAME = "origin.parquet"
 PLAN_PREVIEW_NAME = "plan-preview.json"
 FAILURES_STEM = "failures"
 PARKED_ROWS_NAME = ".rows.parquet"
+PLAN_NAME = ".plan"
 REJECTS_STEM = "rejects"
 RETRY_INPUT_STEM = "input"
 
@@ -143,6 +144,11 @@ class RunDir:
     def parked_rows_path(self) -> Path:
         """The validated rows while their pairs are sent (removed once the results are written)."""
         return self.path / PARKED_ROWS_NAME
+
+    @property
+    def plan_path(self) -> Path:
+        """A big plan's files while its pairs are sent (a folder; removed once they are)."""
+        return self.path / PLAN_NAME
 
     def failures_path(self, fmt: str) -> Path:
         return self.path / f"{FAILURES_STEM}.{fmt}"

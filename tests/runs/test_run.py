@@ -209,6 +209,47 @@ def test_a_poison_customer_is_isolated_by_splitting(tmp_path: Path, simulator: S
     assert {m for m, _ in linked} == {poison}
 
 
+def test_a_big_input_not_sorted_by_customer_is_planned_on_disk_and_sent_once(
+    tmp_path: Path, simulator: Sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above BUCKET_PAIRS pairs (here 100) scattered customers are planned a bucket at a
+    time on disk: every pair is still sent once and answered, and the plan's files are gone
+    after the run (tests/test_plan.py checks the plan itself pair by pair)."""
+    monkeypatch.setattr("batcher.plan.BUCKET_PAIRS", 100)
+    sim = simulator(clean_profile(state={"link_probability": 0.8}))
+    frame = pl.DataFrame(
+        {
+            "mobile": [m for m, _ in pairs_of(300)],
+            "partner_program_name": [p for _, p in pairs_of(300)],
+        }
+    ).sample(fraction=1.0, shuffle=True, seed=3)
+    frame.write_csv(tmp_path / "pairs.csv")
+    job = write_job(
+        tmp_path, sim.base_url, api={"customers_per_request": 20, "programs_per_customer": 2}
+    )
+
+    result = run_cli("run", str(job))
+
+    assert result.returncode == 0, result.stderr
+    run_dir = only_run_dir(tmp_path / "out")
+    counts = assert_one_outcome_per_row(run_dir, frame.height)
+    assert counts["delinked"] + counts["not_linked"] == frame.height
+    spilled = [
+        line
+        for line in (run_dir / "run.log.jsonl").read_text().splitlines()
+        if "plan.spilled" in line
+    ]
+    assert len(spilled) == 1 and '"buckets": 9' in spilled[0], spilled
+    assert not (run_dir / ".plan").exists()
+    snap = sim.snapshot()
+    assert {p["attempts"] for p in snap["pairs"]} == {1}
+    assert sim.still_linked("mobile", pairs_of(300)) == []
+    summary = read_summary(run_dir)
+    # 300 customers in two rounds (3 programs, 2 a request): 30 requests in one plan; at most
+    # one partly filled request per bucket and round more, which the sender packs together.
+    assert 30 <= summary["requests_sent"] <= summary["requests_planned"] <= 30 + 9 * 2
+
+
 Check = Callable[[subprocess.CompletedProcess[str]], None]
 
 
