@@ -132,6 +132,16 @@ def test_every_pair_exactly_once_within_limits_and_deterministic(
     assert again == requests
 
 
+def in_batches(frame: pl.DataFrame, rows: int) -> PairBatches:
+    """`frame`'s pairs as a plan reads them: batches of `rows` rows (one empty frame if none)."""
+
+    def batches() -> Iterator[pl.DataFrame]:
+        for start in range(0, max(frame.height, 1), rows):
+            yield frame.slice(start, rows)
+
+    return batches
+
+
 def assert_sends_every_pair_once(
     requests: list[PlannedRequest],
     rows: list[tuple[str, str]],
@@ -236,10 +246,7 @@ def test_streamed_plan_sends_what_the_built_plan_sends(
         rows = sorted(rows, key=lambda r: r[0])
     frame = pairs_of(rows)
 
-    def batches() -> Iterator[pl.DataFrame]:
-        for start in range(0, max(frame.height, 1), batch_rows):
-            yield frame.slice(start, batch_rows)
-
+    batches = in_batches(frame, batch_rows)
     built = build_plan(frame, per_request, per_customer)
     streamed = stream_plan(batches, per_request, per_customer)
     runs = [c for c, _ in itertools.groupby(c for c, _ in rows)]
@@ -272,10 +279,7 @@ def test_a_plan_spilled_in_buckets_sends_every_pair_once_within_limits(
     leave one request per bucket and round partly filled where build_plan would not."""
     frame = pairs_of(rows)
 
-    def batches() -> Iterator[pl.DataFrame]:
-        for start in range(0, max(frame.height, 1), batch_rows):
-            yield frame.slice(start, batch_rows)
-
+    batches = in_batches(frame, batch_rows)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / ".plan"
         folder.mkdir()
@@ -309,11 +313,7 @@ def test_plan_pairs_spills_only_a_big_plan_not_in_send_order(tmp_path: Path) -> 
         (scattered, BUCKET_PAIRS + 1, "spilled"),
         (grouped, 10 * BUCKET_PAIRS, "streamed"),
     ):
-        plan = plan_pairs(_once(frame), expected, 2, 3, folder)
+        plan = plan_pairs(in_batches(frame, frame.height), expected, 2, 3, folder)
         got = "spilled" if plan.spilled else "streamed" if plan.batches else "built"
         assert got == kind
         assert plan.figures.pairs == frame.height
-
-
-def _once(frame: pl.DataFrame) -> PairBatches:
-    return lambda: iter([frame])
