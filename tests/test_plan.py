@@ -260,7 +260,7 @@ def test_streamed_plan_sends_what_the_built_plan_sends(
     assert list(streamed.iter_requests("mobile")) == list(built.iter_requests("mobile"))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     PAIR_ROWS,
     st.integers(1, 5),

@@ -332,7 +332,8 @@ def test_csv_byte_ranges_give_the_rows_of_the_sliced_reading(
     assert chunked.parked is not None
     assert whole.blank_lines > 5 and whole.counts()["duplicate"] > 50
     _assert_same(whole, chunked)
-    _assert_same_without_rows(whole, job, chunk_rows, monkeypatch)
+    if final_newline:  # validate reads the same ranges: once per line ending is enough
+        _assert_same_without_rows(whole, job, chunk_rows, monkeypatch)
 
 
 def test_a_csv_with_quotes_is_read_by_slices_from_the_range_holding_one(
