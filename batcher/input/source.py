@@ -898,6 +898,30 @@ def _same_pair_as(first_row: pl.Expr, first_file: pl.Expr) -> pl.Expr:
     )
 
 
+def _duplicates_where(hit: pl.Expr) -> list[pl.Expr]:
+    """Rows `hit` become duplicates of their first row (columns _first_row, _first_file):
+    status, message and duplicate_of; the other rows keep theirs."""
+    first_row, first_file = pl.col("_first_row"), pl.col("_first_file")
+    return [
+        pl.when(hit).then(pl.lit("duplicate", STATUS)).otherwise(pl.col("status")).alias("status"),
+        pl.when(hit)
+        .then(_same_pair_as(first_row, first_file))
+        .otherwise(pl.col("message"))
+        .alias("message"),
+        pl.when(hit).then(first_row).otherwise(pl.col("duplicate_of")).alias("duplicate_of"),
+    ]
+
+
+def _check_same_pairs(rows: pl.DataFrame) -> None:
+    """Each row's pair is its first row's (_first_customer, _first_program) on the real
+    values; a difference (or a first row not found) is two pairs of one 64-bit hash."""
+    same = (pl.col("_customer") == pl.col("_first_customer")) & (
+        pl.col("_program") == pl.col("_first_program")
+    )
+    if not rows.select(same.fill_null(False).all()).item():
+        raise _PairCollision
+
+
 def _first_problem(conditions: list[pl.Expr], first_number: int) -> pl.Expr:
     """Number of the first true condition (counting from `first_number`), else 0."""
     problem: pl.Expr = pl.lit(0, dtype=pl.UInt8)
@@ -1214,10 +1238,10 @@ class _Parked:
         # (they are what `validate` and the preflight plan with): not read back from the files.
         self.pairs: pl.DataFrame | None = None
 
-    def add(self, rows: pl.DataFrame, chunk_rows: int | None = None) -> None:
-        """Park the next chunk: `rows`, all `chunk_rows` of it (default) or only those kept."""
+    def add(self, rows: pl.DataFrame, chunk_rows: int) -> None:
+        """Park the next chunk of `chunk_rows` rows: `rows`, all of them or those kept."""
         self.starts.append(self.rows)
-        self.rows += rows.height if chunk_rows is None else chunk_rows
+        self.rows += chunk_rows
         self.parts.append(self.dir / f"part-{len(self.parts):05d}.arrow")
         self.rebuilt.append({})
         self.write(len(self.parts) - 1, rows)
@@ -1330,10 +1354,9 @@ def _validate_in_chunks(
             hashes.append(pair_hashes)
             slim.append(rows.select("status", "reason"))
             valid = rows.get_column("status") == "valid"
-            all_valid = bool(valid.all())
             chunk_pairs = rows.select("_key", "_customer", "_program")
             if keep_pairs:
-                pairs.append(chunk_pairs if all_valid else chunk_pairs.filter(valid))
+                pairs.append(chunk_pairs if valid.all() else chunk_pairs.filter(valid))
             parked_rows = rows if reread is None else rows.filter(~valid)
             del valid, chunk_pairs
             if written is not None:
@@ -1352,7 +1375,7 @@ def _validate_in_chunks(
             assert kept is not None
             _reread_duplicates(reread, union, parked, later, kept, slim)
         elif later.height:
-            _rewrite_duplicates(parked, later, slim, job.input.identifier)
+            _rewrite_duplicates(parked, later, slim)
         if later.height and kept is not None:
             kept = kept.filter(~pl.col("_key").is_in(later.get_column("_key").implode()))
         parked.slim = pl.concat(slim).rechunk()
@@ -1473,24 +1496,12 @@ def _patch_part(
     first_pairs = _valid_pairs(pairs, later.get_column("_first").unique().sort()).rename(
         {c: f"_first{c}" for c in pair}
     )
-    checked = (
+    _check_same_pairs(
         later.select("_key", "_first")
         .join(own, on="_key", how="left")
         .join(first_pairs, left_on="_first", right_on="_first_key", how="left")
     )
-    same = (checked.get_column("_customer") == checked.get_column("_first_customer")) & (
-        checked.get_column("_program") == checked.get_column("_first_program")
-    )
-    if not same.fill_null(False).all():
-        raise _PairCollision
-    del checked, same, first_pairs
-    first_row, first_file = pl.col("_first_row"), pl.col("_first_file")
-    as_duplicates = [
-        pl.lit("duplicate", STATUS).alias("status"),
-        pl.lit(None, REASON).alias("reason"),
-        _same_pair_as(first_row, first_file).alias("message"),
-        first_row.alias("duplicate_of"),
-    ]
+    del first_pairs
     patched = (
         rows.join(
             moved.join(firsts, on="_first", how="left"),
@@ -1498,10 +1509,7 @@ def _patch_part(
             how="left",
             maintain_order="left",
         )
-        .with_columns(
-            pl.when(pl.col("_first").is_not_null()).then(e).otherwise(pl.col(e.meta.output_name()))
-            for e in as_duplicates[2:]
-        )
+        .with_columns(_duplicates_where(pl.col("_first").is_not_null()))
         .select(names)
     )
     if added.height:
@@ -1510,7 +1518,12 @@ def _patch_part(
             added.join(read, on="_key", how="left")
             .join(own, on="_key", how="left")
             .join(firsts, on="_first", how="left")
-            .with_columns(as_duplicates)
+            .with_columns(
+                pl.lit("duplicate", STATUS).alias("status"),
+                pl.lit(None, REASON).alias("reason"),
+                _same_pair_as(pl.col("_first_row"), pl.col("_first_file")).alias("message"),
+                pl.col("_first_row").alias("duplicate_of"),
+            )
             .select(pl.col(n).cast(parked.schema[n]) for n in names)
         )
         patched = pl.concat([patched, made]).sort("_key")
@@ -1546,9 +1559,7 @@ def _later_duplicates(hashes: pl.Series, starts: list[int]) -> pl.DataFrame:
     return firsts.select("_key", "_first").filter(chunk_of_key != chunk_of_first)
 
 
-def _rewrite_duplicates(
-    parked: _Parked, later: pl.DataFrame, slim: list[pl.DataFrame], identifier: Identifier
-) -> None:
+def _rewrite_duplicates(parked: _Parked, later: pl.DataFrame, slim: list[pl.DataFrame]) -> None:
     """Make each row of `later` a duplicate of its `_first`, in its part file and in `slim`."""
     starts = pl.Series(parked.starts, dtype=pl.Int64)
     firsts_needed = later.get_column("_first").unique().sort()
@@ -1578,22 +1589,8 @@ def _rewrite_duplicates(
         patch = later.filter(later_parts == part).join(first_rows, on="_first", how="left")
         rows = rows.join(patch, on="_key", how="left", maintain_order="left")
         hit = pl.col("_first").is_not_null()
-        same = rows.filter(hit).select(
-            (
-                (pl.col("_customer") == pl.col("_first_customer"))
-                & (pl.col("_program") == pl.col("_first_program"))
-            ).all()
-        )
-        if not same.item():
-            raise _PairCollision
-        first_row, first_file = pl.col("_first_row"), pl.col("_first_file")
-        rows = rows.with_columns(
-            status=pl.when(hit).then(pl.lit("duplicate", STATUS)).otherwise(pl.col("status")),
-            message=pl.when(hit)
-            .then(_same_pair_as(first_row, first_file))
-            .otherwise(pl.col("message")),
-            duplicate_of=pl.when(hit).then(first_row).otherwise(pl.col("duplicate_of")),
-        ).select(names)
+        _check_same_pairs(rows.filter(hit))
+        rows = rows.with_columns(_duplicates_where(hit)).select(names)
         slim[part] = rows.select("status", "reason")
         parked.write(part, rows)
 
