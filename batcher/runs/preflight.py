@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from batcher.errors import BatcherError
-from batcher.input.source import Source
+from batcher.input.source import Source, exact_customer_key
 from batcher.job import Job
 from batcher.plan import plan_figures
 
@@ -57,7 +57,12 @@ def check_max_pairs(job: Job, valid_pairs: int) -> None:
 
 def preview_plan(job: Job, source: Source) -> PlanPreview:
     pairs = source.pairs()
-    figures, _ = plan_figures(pairs, job.api.customers_per_request, job.api.programs_per_customer)
+    figures, _ = plan_figures(
+        pairs,
+        job.api.customers_per_request,
+        job.api.programs_per_customer,
+        customer_key=exact_customer_key(source.identifier),
+    )
     per_program = (
         pairs.group_by("_program").len().sort(["len", "_program"], descending=[True, False]).rows()
     )
